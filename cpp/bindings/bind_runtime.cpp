@@ -1,0 +1,53 @@
+// info(), threads, and the peak-FMA probe used by the benchmarks.
+#include <omp.h>
+
+#include <chrono>
+
+#include <pybind11/stl.h>
+
+#include "bindings/common.h"
+#include "runtime/dispatch.h"
+#include "runtime/threads.h"
+
+#ifndef SEQCORE_VERSION
+#define SEQCORE_VERSION "0+unknown"
+#endif
+
+namespace seqcore {
+
+void bind_runtime(py::module_& m) {
+  m.def("info", [] {
+    py::dict d;
+    d["version"] = SEQCORE_VERSION;
+    d["isa"] = kernels().isa;
+    d["available_isas"] = available_isas();
+    d["num_threads"] = get_num_threads();
+    d["openmp"] = std::to_string(_OPENMP);
+    d["compiler"] = SEQCORE_COMPILER;
+    d["build_type"] = SEQCORE_BUILD_TYPE;
+    return d;
+  }, "Build and runtime facts: version, chosen ISA, available ISAs, threads, OpenMP, compiler.");
+  m.def("get_num_threads", &get_num_threads, "Threads the kernels use (the OpenMP pool size).");
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    set_num_threads(n);
+  }, py::arg("n"), "Sets the number of threads kernels use (like OMP_NUM_THREADS).");
+  m.def("_fma_peak", [](double seconds, int threads) {
+    // Runs the probe on `threads` threads for about `seconds`; returns measured flop/s.
+    if (threads < 1) throw py::value_error("threads must be >= 1");
+    py::gil_scoped_release rel;
+    const auto& k = kernels();
+    int64_t iters = 1 << 16;
+    for (;;) {
+      auto t0 = std::chrono::steady_clock::now();
+      double flops = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : flops)
+      flops += k.fma_probe(iters);
+      double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (dt >= seconds || iters > (int64_t(1) << 40)) return flops / dt;
+      iters *= dt > 0 ? std::max<int64_t>(2, int64_t(seconds / dt * 1.2)) : 16;
+    }
+  }, py::arg("seconds") = 0.05, py::arg("threads") = 1);
+}
+
+}  // namespace seqcore

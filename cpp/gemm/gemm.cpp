@@ -1,0 +1,376 @@
+// GEMM engine (compiled once per ISA). Loop nest, BLIS-style:
+//   jc over n by NC -> pc over k by KC -> pack B (kc x nc) -> ic over m by MC -> pack A (mc x kc)
+//   -> jr over NR panels -> ir over MR panels -> microkernel (MR x NR tile in registers).
+// Packed A panel: a[k*MR + i]; packed B panel: b[k*NR + j]; zero-padded at the edges.
+#include "gemm/gemm.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "simd/act.h"
+#include "simd/vec.h"
+#include "simd/workspace.h"
+
+namespace seqcore {
+namespace SEQCORE_ISA {
+namespace {
+
+// Register tile MR x (NV vectors) and cache blocks per ISA and dtype.
+template <class T> struct Cfg;
+#if defined(__AVX512F__)
+template <> struct Cfg<float> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 3072; };
+template <> struct Cfg<double> { static constexpr int MR = 8, NV = 2, KC = 256, MC = 96, NC = 1536; };
+#elif defined(__AVX2__)
+template <> struct Cfg<float> { static constexpr int MR = 6, NV = 2, KC = 384, MC = 96, NC = 3072; };
+template <> struct Cfg<double> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 96, NC = 1536; };
+#else
+template <> struct Cfg<float> { static constexpr int MR = 4, NV = 4, KC = 256, MC = 64, NC = 1024; };
+template <> struct Cfg<double> { static constexpr int MR = 4, NV = 4, KC = 256, MC = 64, NC = 1024; };
+#endif
+
+template <class T> constexpr int NR = Cfg<T>::NV * Vec<T>::W;
+
+thread_local Scratch tls_a, tls_b, tls_tile;
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// ---------------------------------------------------------------- microkernel
+// C[0:MR, 0:NR] = alpha * sum_k a[:,k] b[k,:] + beta * C   (beta == 0: C is not read)
+template <class T>
+inline void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
+                int64_t ldc, T alpha, T beta) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int MR = Cfg<T>::MR, NV = Cfg<T>::NV, W = V::W, NRv = NR<T>;
+  R acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    R bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + k * NRv + j * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      R av = V::set1(a[k * MR + i]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+  }
+  R va = V::set1(alpha);
+  if (beta == T(0)) {
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, V::mul(va, acc[i][j]));
+  } else {
+    R vb = V::set1(beta);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        T* p = c + i * ldc + j * W;
+        V::store(p, V::fma(va, acc[i][j], V::mul(vb, V::load(p))));
+      }
+  }
+}
+
+// Edge tile (mb < MR or nb < NR): run the same microkernel on a scratch tile so every element
+// sees exactly the arithmetic of a full tile.
+template <class T>
+inline void ukr_edge(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta,
+                     int64_t mb, int64_t nb) {
+  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  alignas(64) T tile[MR * NRv];
+  if (beta != T(0)) {
+    std::memset(tile, 0, sizeof tile);
+    for (int64_t i = 0; i < mb; ++i) std::memcpy(tile + i * NRv, c + i * ldc, nb * sizeof(T));
+  }
+  ukr<T>(kc, a, b, tile, NRv, alpha, beta);
+  for (int64_t i = 0; i < mb; ++i) std::memcpy(c + i * ldc, tile + i * NRv, nb * sizeof(T));
+}
+
+// ---------------------------------------------------------------- epilogue
+template <class T>
+void apply_epilogue(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb,
+                    int64_t nb) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  if (ep.bias || ep.act != Act::none) {
+    for (int64_t i = 0; i < mb; ++i) {
+      T* row = c + i * ldc;
+      for (int64_t j = 0; j < nb; j += W) {
+        int cnt = int(std::min<int64_t>(W, nb - j));
+        auto x = V::load_n(row + j, cnt);
+        if (ep.bias) x = V::add(x, V::load_n(ep.bias + j0 + j, cnt));
+        x = act_v<V>(ep.act, x);
+        V::store_n(row + j, x, cnt);
+      }
+    }
+  }
+  if (ep.tile_fn) ep.tile_fn(ep.tile_ctx, c, ldc, i0, j0, mb, nb);
+}
+
+// ---------------------------------------------------------------- packing
+template <class T>
+void pack_a_block(bool ta, int64_t mc, int64_t kc, const T* a, int64_t lda, T* dst) {
+  constexpr int MR = Cfg<T>::MR;
+  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
+    int64_t mb = std::min<int64_t>(MR, mc - i0);
+    T* d = dst + i0 * kc;
+    if (!ta) {
+      for (int64_t i = 0; i < mb; ++i) {
+        const T* s = a + (i0 + i) * lda;
+        for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = s[k];
+      }
+      for (int64_t i = mb; i < MR; ++i)
+        for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = T(0);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* s = a + k * lda + i0;
+        int64_t i = 0;
+        for (; i < mb; ++i) d[k * MR + i] = s[i];
+        for (; i < MR; ++i) d[k * MR + i] = T(0);
+      }
+    }
+  }
+}
+
+// Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) panels of kc x NR.
+template <class T>
+void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* dst) {
+  constexpr int NRv = NR<T>;
+  for (int64_t j0 = 0; j0 < nc; j0 += NRv) {
+    int64_t nb = std::min<int64_t>(NRv, nc - j0);
+    T* d = dst + j0 * kc;
+    if (!tb) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* s = b + k * ldb + j0;
+        if (nb == NRv) {
+          std::memcpy(d + k * NRv, s, NRv * sizeof(T));
+        } else {
+          std::memcpy(d + k * NRv, s, nb * sizeof(T));
+          std::memset(d + k * NRv + nb, 0, (NRv - nb) * sizeof(T));
+        }
+      }
+    } else {
+      for (int64_t j = 0; j < nb; ++j) {
+        const T* s = b + (j0 + j) * ldb;
+        for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = s[k];
+      }
+      for (int64_t j = nb; j < NRv; ++j)
+        for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = T(0);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- macro kernel
+// C block (mc x nc) += packed A (mc x kc) * packed B panels (kc x nc). i0/j0: absolute
+// position of the block in C (for the epilogue).
+template <class T>
+void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc,
+                  T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0) {
+  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  for (int64_t jr = 0; jr < nc; jr += NRv) {
+    int64_t nb = std::min<int64_t>(NRv, nc - jr);
+    const T* bpanel = bp + jr * kc;
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+      int64_t mb = std::min<int64_t>(MR, mc - ir);
+      T* ct = c + ir * ldc + jr;
+      if (mb == MR && nb == NRv)
+        ukr<T>(kc, ap + ir * kc, bpanel, ct, ldc, alpha, beta);
+      else
+        ukr_edge<T>(kc, ap + ir * kc, bpanel, ct, ldc, alpha, beta, mb, nb);
+      if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
+    }
+  }
+}
+
+// k == 0: C = beta * C, then the epilogue.
+template <class T>
+void scale_only(int64_t m, int64_t n, T beta, T* c, int64_t ldc, const Epilogue<T>* ep,
+                int64_t i0, int64_t j0) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+  if (ep) apply_epilogue<T>(*ep, c, ldc, i0, j0, m, n);
+}
+
+// Single-threaded GEMM on a sub-problem whose C starts at absolute (i0, j0).
+template <class T>
+void gemm_st(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+             const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep,
+             int64_t i0, int64_t j0) {
+  constexpr int KC = Cfg<T>::KC, MC = Cfg<T>::MC, NC = Cfg<T>::NC, NRv = NR<T>;
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, j0);
+  T* bbuf = tls_b.get<T>(size_t(KC) * round_up(std::min<int64_t>(NC, n), NRv));
+  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
+  for (int64_t jc = 0; jc < n; jc += NC) {
+    int64_t nc = std::min<int64_t>(NC, n - jc);
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      int64_t kc = std::min<int64_t>(KC, k - pc);
+      const T* bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
+      pack_b_block<T>(tb, kc, nc, bsrc, ldb, bbuf);
+      T beta_eff = pc == 0 ? beta : T(1);
+      const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
+      for (int64_t ic = 0; ic < m; ic += MC) {
+        int64_t mc = std::min<int64_t>(MC, m - ic);
+        const T* asrc = ta ? a + pc * lda + ic : a + ic * lda + pc;
+        pack_a_block<T>(ta, mc, kc, asrc, lda, abuf);
+        macro_kernel<T>(mc, nc, kc, abuf, bbuf, c + ic * ldc + jc, ldc, alpha, beta_eff, ep_eff,
+                        i0 + ic, j0 + jc);
+      }
+    }
+  }
+}
+
+// Same, with B already packed for all of (k, n_total); this sub-problem covers packed
+// columns [jb, jb + n) (jb a multiple of NR).
+template <class T>
+void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T alpha, const T* a,
+                    int64_t lda, const T* packed, int64_t jb, T beta, T* c, int64_t ldc,
+                    const Epilogue<T>* ep, int64_t i0) {
+  constexpr int KC = Cfg<T>::KC, MC = Cfg<T>::MC, NRv = NR<T>;
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, jb);
+  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
+  const int64_t npad = round_up(n_total, NRv);
+  for (int64_t pc = 0; pc < k; pc += KC) {
+    int64_t kc = std::min<int64_t>(KC, k - pc);
+    const T* bblock = packed + pc * npad + jb * kc;
+    T beta_eff = pc == 0 ? beta : T(1);
+    const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
+    for (int64_t ic = 0; ic < m; ic += MC) {
+      int64_t mc = std::min<int64_t>(MC, m - ic);
+      const T* asrc = ta ? a + pc * lda + ic : a + ic * lda + pc;
+      pack_a_block<T>(ta, mc, kc, asrc, lda, abuf);
+      macro_kernel<T>(mc, n, kc, abuf, bblock, c + ic * ldc, ldc, alpha, beta_eff, ep_eff, i0 + ic, jb);
+    }
+  }
+}
+
+// How many threads a product deserves: ~1 per 2 MFLOP of work, at most the pool size.
+inline int threads_for(int64_t m, int64_t n, int64_t k) {
+  if (omp_in_parallel()) return 1;
+  int nt = omp_get_max_threads();
+  double flops = 2.0 * double(m) * double(n) * double(std::max<int64_t>(k, 1));
+  int by_work = int(std::min<double>(nt, std::max(1.0, flops / 2e6)));
+  return std::max(1, by_work);
+}
+
+// Split [0, total) in units of `unit` into `parts` contiguous ranges; range of part p.
+inline void split_range(int64_t total, int64_t unit, int parts, int p, int64_t* begin, int64_t* end) {
+  int64_t units = (total + unit - 1) / unit;
+  int64_t lo = units * p / parts, hi = units * (p + 1) / parts;
+  *begin = std::min(total, lo * unit);
+  *end = std::min(total, hi * unit);
+}
+
+}  // namespace
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+          const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
+  if (m <= 0 || n <= 0) return;
+  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  int nt = threads_for(m, n, k);
+  bool split_n = (n / NRv) >= (m / MR);
+  int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
+  nt = int(std::min<int64_t>(nt, units));
+  if (nt <= 1) return gemm_st<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep, 0, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    int p = omp_get_thread_num();
+    int64_t lo, hi;
+    if (split_n) {
+      split_range(n, NRv, nt, p, &lo, &hi);
+      const T* bs = tb ? b + lo * ldb : b + lo;
+      gemm_st<T>(ta, tb, m, hi - lo, k, alpha, a, lda, bs, ldb, beta, c + lo, ldc, ep, 0, lo);
+    } else {
+      split_range(m, MR, nt, p, &lo, &hi);
+      const T* as = ta ? a + lo : a + lo * lda;
+      gemm_st<T>(ta, tb, hi - lo, n, k, alpha, as, lda, b, ldb, beta, c + lo * ldc, ldc, ep, lo, 0);
+    }
+  }
+}
+
+template <class T> int64_t packed_b_size(int64_t k, int64_t n) {
+  return std::max<int64_t>(k, 1) * round_up(std::max<int64_t>(n, 1), NR<T>);
+}
+
+template <class T>
+void pack_b(bool tb, int64_t k, int64_t n, const T* b, int64_t ldb, T* packed) {
+  constexpr int KC = Cfg<T>::KC;
+  const int64_t npad = round_up(n, NR<T>);
+  int64_t blocks = (k + KC - 1) / KC;
+  int nt = std::max(1, std::min<int>(threads_for(k, n, 1), int(blocks)));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    int64_t pc = blk * KC;
+    int64_t kc = std::min<int64_t>(KC, k - pc);
+    const T* bsrc = tb ? b + pc : b + pc * ldb;
+    pack_b_block<T>(tb, kc, n, bsrc, ldb, packed + pc * npad);
+  }
+}
+
+template <class T>
+void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                 const T* packed, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
+  if (m <= 0 || n <= 0) return;
+  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  int nt = threads_for(m, n, k);
+  bool split_n = (n / NRv) >= (m / MR);
+  int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
+  nt = int(std::min<int64_t>(nt, units));
+  if (nt <= 1) return gemm_packed_st<T>(ta, m, n, n, k, alpha, a, lda, packed, 0, beta, c, ldc, ep, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    int p = omp_get_thread_num();
+    int64_t lo, hi;
+    if (split_n) {
+      split_range(n, NRv, nt, p, &lo, &hi);
+      gemm_packed_st<T>(ta, m, hi - lo, n, k, alpha, a, lda, packed, lo, beta, c + lo, ldc, ep, 0);
+    } else {
+      split_range(m, MR, nt, p, &lo, &hi);
+      const T* as = ta ? a + lo : a + lo * lda;
+      gemm_packed_st<T>(ta, hi - lo, n, n, k, alpha, as, lda, packed, 0, beta, c + lo * ldc, ldc, ep, lo);
+    }
+  }
+}
+
+template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate) {
+  using V = Vec<T>;
+  constexpr int W = V::W;
+  constexpr int64_t CB = 256;  // columns per work item
+  int64_t nblk = (cols + CB - 1) / CB;
+  int nt = std::max(1, std::min<int>(threads_for(rows, cols, 1), int(nblk)));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    int64_t j0 = blk * CB, j1 = std::min(cols, j0 + CB);
+    for (int64_t j = j0; j < j1; j += W) {
+      int cnt = int(std::min<int64_t>(W, j1 - j));
+      auto s = accumulate ? V::load_n(out + j, cnt) : V::zero();
+      for (int64_t i = 0; i < rows; ++i) s = V::add(s, V::load_n(x + i * cols + j, cnt));
+      V::store_n(out + j, s, cnt);
+    }
+  }
+}
+
+#define SEQCORE_INSTANTIATE(T)                                                                   \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \
+                        int64_t, T, T*, int64_t, const Epilogue<T>*);                            \
+  template int64_t packed_b_size<T>(int64_t, int64_t);                                          \
+  template void pack_b<T>(bool, int64_t, int64_t, const T*, int64_t, T*);                       \
+  template void gemm_packed<T>(bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \
+                               T, T*, int64_t, const Epilogue<T>*);                              \
+  template void col_sum<T>(const T*, int64_t, int64_t, T*, bool);
+SEQCORE_INSTANTIATE(float)
+SEQCORE_INSTANTIATE(double)
+#undef SEQCORE_INSTANTIATE
+
+}  // namespace SEQCORE_ISA
+}  // namespace seqcore

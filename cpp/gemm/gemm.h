@@ -1,0 +1,29 @@
+// GEMM engine, per ISA (namespace seqcore::<isa>): BLIS-style packing, cache blocking and a
+// register-tiled microkernel. C = alpha * op(A) op(B) + beta * C, then the epilogue.
+// Sizes: op(A) is (m, k), op(B) is (k, n), C is (m, n) row-major with leading dims lda/ldb/ldc.
+//
+// Determinism: every element of C is reduced over k in the same order (fixed KC blocks,
+// ascending k) whatever the thread count or tile position; threads split m or n, never k.
+#pragma once
+#include <cstdint>
+#include "gemm/gemm_types.h"
+
+namespace seqcore {
+namespace SEQCORE_ISA {
+
+template <class T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep);
+
+// Pre-packed right operand (a weight reused across many products, e.g. every time step).
+template <class T> int64_t packed_b_size(int64_t k, int64_t n);
+template <class T> void pack_b(bool trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, T* packed);
+template <class T>
+void gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
+                 const T* packed_b, T beta, T* c, int64_t ldc, const Epilogue<T>* ep);
+
+// Column sums of a row-major (rows, cols) matrix: out[j] (+)= sum_i x[i, j], i ascending.
+template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate);
+
+}  // namespace SEQCORE_ISA
+}  // namespace seqcore

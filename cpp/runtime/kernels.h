@@ -1,0 +1,57 @@
+// The dispatch table: one function pointer per kernel, per dtype. Each ISA's copy of the
+// kernels (namespace seqcore::scalar / avx2 / avx512) fills one table; the runtime picks one
+// at import from cpuid (or SEQCORE_ISA). Bindings call kernels only through this table.
+#pragma once
+#include <cstdint>
+#include "gemm/gemm_types.h"
+
+namespace seqcore {
+
+// Elementwise activations. Backward takes the forward *output* for tanh/sigmoid and the
+// forward *input* for the rest (what each derivative is cheapest from).
+enum class Unary : int {
+  identity = 0, tanh, sigmoid, relu, leaky_relu, silu, gelu, gelu_tanh,
+  exp, erf,  // exposed for accuracy tests only
+};
+
+template <class T>
+struct KernelsT {
+  // ---- GEMM: C = alpha * op(A) op(B) + beta * C, then the epilogue (bias, activation).
+  void (*gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha,
+               const T* a, int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc,
+               const Epilogue<T>* ep);
+  // Pre-packed right operand: size in elements, then pack into caller memory (64-B aligned).
+  int64_t (*packed_b_size)(int64_t k, int64_t n);
+  void (*pack_b)(bool trans_b, int64_t k, int64_t n, const T* b, int64_t ldb, T* packed);
+  void (*gemm_packed)(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                      int64_t lda, const T* packed_b, T beta, T* c, int64_t ldc,
+                      const Epilogue<T>* ep);
+  // ---- dense helpers
+  void (*col_sum)(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate);
+  // ---- activations (cpp/ops/activations.cpp)
+  void (*unary_forward)(Unary op, T param, const T* x, T* y, int64_t n);
+  void (*unary_backward)(Unary op, T param, const T* dy, const T* saved, T* dx, int64_t n);
+  void (*prelu_forward)(const T* x, const T* w, T* y, int64_t outer, int64_t c, int64_t inner);
+  void (*prelu_backward)(const T* dy, const T* x, const T* w, T* dx, T* dw, int64_t outer,
+                         int64_t c, int64_t inner);
+  void (*softmax_forward)(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t inner);
+  void (*softmax_backward)(bool log, const T* dy, const T* y, T* dx, int64_t outer, int64_t n,
+                           int64_t inner);
+};
+
+struct Kernels {
+  const char* isa;
+  KernelsT<float> f32;
+  KernelsT<double> f64;
+  // Peak-rate probe for benchmarks: runs FMAs on independent accumulators for ~iters
+  // iterations on the calling thread; returns the flop count performed.
+  double (*fma_probe)(int64_t iters);
+};
+
+// The table chosen at import (runtime/dispatch.cpp).
+const Kernels& kernels();
+template <class T> inline const KernelsT<T>& K();
+template <> inline const KernelsT<float>& K<float>() { return kernels().f32; }
+template <> inline const KernelsT<double>& K<double>() { return kernels().f64; }
+
+}  // namespace seqcore

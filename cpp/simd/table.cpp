@@ -1,0 +1,35 @@
+// Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
+#include "gemm/gemm.h"
+#include "ops/activations.h"
+#include "runtime/kernels.h"
+
+namespace seqcore {
+namespace SEQCORE_ISA {
+
+double fma_probe(int64_t iters);
+
+namespace {
+template <class T> void fill(KernelsT<T>& k) {
+  k.gemm = &gemm<T>;
+  k.packed_b_size = &packed_b_size<T>;
+  k.pack_b = &pack_b<T>;
+  k.gemm_packed = &gemm_packed<T>;
+  k.col_sum = &col_sum<T>;
+  k.unary_forward = &unary_forward<T>;
+  k.unary_backward = &unary_backward<T>;
+  k.prelu_forward = &prelu_forward<T>;
+  k.prelu_backward = &prelu_backward<T>;
+  k.softmax_forward = &softmax_forward<T>;
+  k.softmax_backward = &softmax_backward<T>;
+}
+}  // namespace
+
+void fill_table(Kernels& t) {
+  t.isa = SEQCORE_ISA_NAME;
+  fill(t.f32);
+  fill(t.f64);
+  t.fma_probe = &fma_probe;
+}
+
+}  // namespace SEQCORE_ISA
+}  // namespace seqcore

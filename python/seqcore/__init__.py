@@ -1,0 +1,17 @@
+"""seqcore: fast CPU kernels for sequence models behind a NumPy API."""
+from seqcore import _core
+from seqcore._core import get_num_threads, set_num_threads, PackedMatrix
+from seqcore import functional, reference
+from seqcore.functional import matmul, gemm
+
+__version__ = _core.info()["version"]
+
+
+def info():
+    """Build and runtime facts: ``version``, ``isa`` (the kernels in use), ``available_isas``,
+    ``num_threads``, ``openmp``, ``compiler``, ``build_type``."""
+    return dict(_core.info())
+
+
+__all__ = ["info", "get_num_threads", "set_num_threads", "matmul", "gemm", "PackedMatrix",
+           "functional", "reference"]
