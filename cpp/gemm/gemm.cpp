@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "simd/act.h"
 #include "simd/vec.h"
@@ -46,9 +47,12 @@ inline void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __r
   constexpr int MR = Cfg<T>::MR, NV = Cfg<T>::NV, W = V::W, NRv = NR<T>;
   R acc[MR][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);  // the C tile is needed at the end: start fetching
+    __builtin_prefetch(c + i * ldc + NRv - 1, 1, 3);
 #pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
+  }
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
     R bv[NV];
@@ -116,6 +120,47 @@ void apply_epilogue(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t i0, int64_
 }
 
 // ---------------------------------------------------------------- packing
+#if defined(__AVX2__)
+// dst[c * ldd + r] = src[r * lds + c] for an 8 x 8 block of floats.
+inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m256 r0 = _mm256_loadu_ps(src + 0 * lds), r1 = _mm256_loadu_ps(src + 1 * lds);
+  __m256 r2 = _mm256_loadu_ps(src + 2 * lds), r3 = _mm256_loadu_ps(src + 3 * lds);
+  __m256 r4 = _mm256_loadu_ps(src + 4 * lds), r5 = _mm256_loadu_ps(src + 5 * lds);
+  __m256 r6 = _mm256_loadu_ps(src + 6 * lds), r7 = _mm256_loadu_ps(src + 7 * lds);
+  __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+  __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+  __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+  __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+  __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_storeu_ps(dst + 0 * ldd, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_storeu_ps(dst + 1 * ldd, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_storeu_ps(dst + 2 * ldd, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_storeu_ps(dst + 3 * ldd, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_storeu_ps(dst + 4 * ldd, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_storeu_ps(dst + 5 * ldd, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
+// Generic strided transpose: dst[c * ldd + r] = src[r * lds + c], rows x cols, 8x8 blocks
+// through SIMD where the ISA has them.
+template <class T>
+inline void transpose_block(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
+  int64_t c0 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (rows == 8) {
+      for (; c0 + 8 <= cols; c0 += 8) transpose8x8(src + c0, lds, dst + c0 * ldd, ldd);
+    }
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = c0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
 template <class T>
 void pack_a_block(bool ta, int64_t mc, int64_t kc, const T* a, int64_t lda, T* dst) {
   constexpr int MR = Cfg<T>::MR;
@@ -123,10 +168,7 @@ void pack_a_block(bool ta, int64_t mc, int64_t kc, const T* a, int64_t lda, T* d
     int64_t mb = std::min<int64_t>(MR, mc - i0);
     T* d = dst + i0 * kc;
     if (!ta) {
-      for (int64_t i = 0; i < mb; ++i) {
-        const T* s = a + (i0 + i) * lda;
-        for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = s[k];
-      }
+      transpose_block<T>(a + i0 * lda, lda, mb, kc, d, MR);
       for (int64_t i = mb; i < MR; ++i)
         for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = T(0);
     } else {
@@ -158,9 +200,9 @@ void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* d
         }
       }
     } else {
-      for (int64_t j = 0; j < nb; ++j) {
-        const T* s = b + (j0 + j) * ldb;
-        for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = s[k];
+      for (int64_t j = 0; j < nb; j += 8) {
+        int64_t rows = std::min<int64_t>(8, nb - j);
+        transpose_block<T>(b + (j0 + j) * ldb, ldb, rows, kc, d + j, NRv);
       }
       for (int64_t j = nb; j < NRv; ++j)
         for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = T(0);
