@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "bindings/common.h"
@@ -186,10 +187,10 @@ py::array linear(const py::object& x_obj, const py::object& w_obj, const py::obj
   const int64_t nout = w.shape(0), nin = w.shape(1);
   check_ndim_min(x, "x", 1, ("(..., " + std::to_string(nin) + ")").c_str());
   if (x.shape(x.ndim() - 1) != nin) shape_error("x", "(..., " + std::to_string(nin) + ")", x);
-  py::array b;
+  std::optional<py::array> b;  // absent: no bias (a default py::array is an empty array, not null)
   if (!b_obj.is_none()) {
     b = as_float_array(b_obj, "bias", ft);
-    check_shape(b, "bias", {nout});
+    check_shape(*b, "bias", {nout});
   }
   Shape oshape = shape_of(x);
   oshape.back() = nout;
@@ -198,7 +199,7 @@ py::array linear(const py::object& x_obj, const py::object& w_obj, const py::obj
     using T = decltype(tag);
     py::array_t<T> y = make_out<T>(oshape, py::none());
     Epilogue<T> ep;
-    ep.bias = b ? cptr<T>(b) : nullptr;
+    ep.bias = b ? cptr<T>(*b) : nullptr;
     ep.act = act;
     const T* px = cptr<T>(x);
     const T* pw = cptr<T>(w);
@@ -285,8 +286,8 @@ class PackedMatrix {
     py::array a = as_float_array(a_obj, "a", ft_);
     check_ndim_min(a, "a", 1, ("(..., " + std::to_string(k_) + ")").c_str());
     if (a.shape(a.ndim() - 1) != k_) shape_error("a", "(..., " + std::to_string(k_) + ")", a);
-    py::array bias;
-    if (!bias_obj.is_none()) { bias = as_float_array(bias_obj, "bias", ft_); check_shape(bias, "bias", {n_}); }
+    std::optional<py::array> bias;
+    if (!bias_obj.is_none()) { bias = as_float_array(bias_obj, "bias", ft_); check_shape(*bias, "bias", {n_}); }
     Shape oshape = shape_of(a);
     oshape.back() = n_;
     if (beta != 0.0 && out.is_none()) throw py::value_error("PackedMatrix.matmul: beta != 0 needs 'out'");
@@ -296,7 +297,7 @@ class PackedMatrix {
       py::array_t<T> y = make_out<T>(oshape, out);
       if (memory_overlaps(y, a)) throw py::value_error("PackedMatrix.matmul: 'out' must not share memory with 'a'");
       Epilogue<T> ep;
-      ep.bias = bias ? cptr<T>(bias) : nullptr;
+      ep.bias = bias ? cptr<T>(*bias) : nullptr;
       ep.act = act;
       const T* pa = cptr<T>(a);
       T* py_ = y.mutable_data();

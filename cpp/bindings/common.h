@@ -72,5 +72,6 @@ template <class F> inline auto dispatch_float(FloatType ft, F&& f) {
 void bind_runtime(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_activations(py::module_& m);
+void bind_recurrent(py::module_& m);
 
 }  // namespace seqcore

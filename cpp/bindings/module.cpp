@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   seqcore::bind_runtime(m);
   seqcore::bind_dense(m);
   seqcore::bind_activations(m);
+  seqcore::bind_recurrent(m);
 }

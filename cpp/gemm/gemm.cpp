@@ -340,6 +340,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
   }
 }
 
+template <class T> int gemm_nr() { return NR<T>; }
+
 template <class T> int64_t packed_b_size(int64_t k, int64_t n) {
   return std::max<int64_t>(k, 1) * round_up(std::max<int64_t>(n, 1), NR<T>);
 }
@@ -405,6 +407,7 @@ template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, 
 #define SEQCORE_INSTANTIATE(T)                                                                   \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \
                         int64_t, T, T*, int64_t, const Epilogue<T>*);                            \
+  template int gemm_nr<T>();                                                                    \
   template int64_t packed_b_size<T>(int64_t, int64_t);                                          \
   template void pack_b<T>(bool, int64_t, int64_t, const T*, int64_t, T*);                       \
   template void gemm_packed<T>(bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \

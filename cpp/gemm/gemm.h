@@ -22,6 +22,10 @@ template <class T>
 void gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
                  const T* packed_b, T beta, T* c, int64_t ldc, const Epilogue<T>* ep);
 
+// Width of the GEMM's register tile in columns (tiles handed to Epilogue::tile_fn start at
+// multiples of it and are at most this wide).
+template <class T> int gemm_nr();
+
 // Column sums of a row-major (rows, cols) matrix: out[j] (+)= sum_i x[i, j], i ascending.
 template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate);
 

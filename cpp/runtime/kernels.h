@@ -14,6 +14,39 @@ enum class Unary : int {
   exp, erf,  // exposed for accuracy tests only
 };
 
+// ---- recurrent layers (cpp/ops/recurrent.h has the formulas and the algorithm)
+enum class Cell : int { rnn_tanh = 0, rnn_relu, lstm, gru };
+
+struct RecurrentShape {
+  Cell cell;
+  int64_t T, B, I, H;
+  bool reverse;
+  const int64_t* lengths;  // (B) or null
+};
+
+template <class T>
+struct RecurrentForwardArgs {
+  const T *x = nullptr, *h0 = nullptr, *c0 = nullptr;  // h0/c0 null: zeros
+  const T *w_ih = nullptr, *w_hh = nullptr, *b_ih = nullptr, *b_hh = nullptr;  // biases null: none
+  T *y = nullptr, *h_n = nullptr, *c_n = nullptr;
+  // Saved for backward; all null in inference. gates (T,B,N) activated gates (LSTM, GRU);
+  // states (T+1,B,H) and cells (T+1,B,H) in the order the recurrence ran (step 0 = initial);
+  // hn (T,B,H) GRU's W_hn h + b_hn. y may alias states + B*H (no lengths, no reverse).
+  T *gates = nullptr, *states = nullptr, *cells = nullptr, *hn = nullptr;
+  T* work = nullptr;  // recurrent_workspace_size(..., false) elements
+};
+
+template <class T>
+struct RecurrentBackwardArgs {
+  const T *x = nullptr, *w_ih = nullptr, *w_hh = nullptr;
+  const T *gates = nullptr, *states = nullptr, *cells = nullptr, *hn = nullptr;  // from forward
+  const T *dy = nullptr, *dh_n = nullptr, *dc_n = nullptr;                      // null: zeros
+  T *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+  T *dw_ih = nullptr, *dw_hh = nullptr, *db_ih = nullptr, *db_hh = nullptr;  // overwritten
+  T* dh_norms = nullptr;  // (T): ||dL/dh_t|| over the batch, original time order; or null
+  T* work = nullptr;      // recurrent_workspace_size(..., true) elements
+};
+
 template <class T>
 struct KernelsT {
   // ---- GEMM: C = alpha * op(A) op(B) + beta * C, then the epilogue (bias, activation).
@@ -37,6 +70,11 @@ struct KernelsT {
   void (*softmax_forward)(bool log, const T* x, T* y, int64_t outer, int64_t n, int64_t inner);
   void (*softmax_backward)(bool log, const T* dy, const T* y, T* dx, int64_t outer, int64_t n,
                            int64_t inner);
+  // ---- recurrent (cpp/ops/recurrent.cpp)
+  int64_t (*recurrent_gate_cols)(Cell cell, int64_t H);
+  int64_t (*recurrent_workspace_size)(const RecurrentShape& s, bool training, bool backward);
+  void (*recurrent_forward)(const RecurrentShape& s, const RecurrentForwardArgs<T>& a);
+  void (*recurrent_backward)(const RecurrentShape& s, const RecurrentBackwardArgs<T>& a);
 };
 
 struct Kernels {

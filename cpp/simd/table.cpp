@@ -1,6 +1,7 @@
 // Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
 #include "gemm/gemm.h"
 #include "ops/activations.h"
+#include "ops/recurrent.h"
 #include "runtime/kernels.h"
 
 namespace seqcore {
@@ -21,6 +22,10 @@ template <class T> void fill(KernelsT<T>& k) {
   k.prelu_backward = &prelu_backward<T>;
   k.softmax_forward = &softmax_forward<T>;
   k.softmax_backward = &softmax_backward<T>;
+  k.recurrent_gate_cols = &recurrent_gate_cols<T>;
+  k.recurrent_workspace_size = &recurrent_workspace_size<T>;
+  k.recurrent_forward = &recurrent_forward<T>;
+  k.recurrent_backward = &recurrent_backward<T>;
 }
 }  // namespace
 

@@ -13,6 +13,7 @@ __all__ = [
     "leaky_relu", "leaky_relu_backward", "prelu", "prelu_backward", "silu", "silu_backward",
     "swish", "swish_backward", "gelu", "gelu_backward", "softmax", "softmax_backward",
     "log_softmax", "log_softmax_backward",
+    "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
 ]
 
 # ----------------------------------------------------------------------------- dense
@@ -153,3 +154,68 @@ def log_softmax(x, axis=-1):
 def log_softmax_backward(dy, y, axis=-1):
     """``dx = dy - exp(y) * sum(dy, axis)`` from the forward output ``y``."""
     return _core.log_softmax_backward(dy, y, axis)
+
+
+# ----------------------------------------------------------------------------- recurrent
+# One layer, one direction, a whole sequence per call. Time-major: x (T, B, I); states
+# (B, H); weights in PyTorch's layout and gate order (w_ih (G*H, I), w_hh (G*H, H),
+# b_ih / b_hh (G*H,); LSTM gates i, f, g, o; GRU r, z, n). See seqcore.reference.recurrent
+# for the formulas. ``lengths`` (B,) gives each sequence's valid steps (1..T): outputs past
+# the end are 0 and the final states are taken at the last valid step. ``reverse=True`` runs
+# each sequence backwards over its own valid steps (a bidirectional layer's second
+# direction). ``training=False`` keeps nothing for backward and returns ctx None.
+# Backward returns a dict of gradients: 'x', 'h0' (and 'c0'), 'w_ih', 'w_hh', 'b_ih',
+# 'b_hh' (None without bias) and 'dh_norms' (T,): ||dL/dh_t|| over the batch for each t.
+# Do not modify the returned outputs in place before backward: ctx may share their memory.
+
+
+def _grads(mode, out):
+    dx, dh0, dc0, dwih, dwhh, dbih, dbhh, norms = out
+    g = {"x": dx, "h0": dh0, "w_ih": dwih, "w_hh": dwhh, "b_ih": dbih, "b_hh": dbhh, "dh_norms": norms}
+    if mode == "lstm":
+        g["c0"] = dc0
+    return g
+
+
+def rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=None, reverse=False,
+        training=True):
+    """Elman RNN over a sequence: ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``,
+    act tanh or relu. Returns ``(y (T,B,H), h_n (B,H), ctx)``."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    y, h_n, _, ctx = _core.recurrent_forward("rnn_" + nonlinearity, x, h0, None, w_ih, w_hh, b_ih, b_hh,
+                                             lengths, reverse, training)
+    return y, h_n, ctx
+
+
+def rnn_backward(ctx, dy, dh_n=None):
+    """Backprop through time for :func:`rnn`; ``dy`` (T,B,H) or None, ``dh_n`` (B,H) or None."""
+    return _grads("rnn", _core.recurrent_backward(ctx, dy, dh_n, None, True))
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True):
+    """LSTM over a sequence: ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of
+    ``W_ih x_t + b_ih + W_hh h_{t-1} + b_hh`` (row blocks i, f, g, o),
+    ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``. Returns ``(y, h_n, c_n, ctx)``."""
+    y, h_n, c_n, ctx = _core.recurrent_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                               training)
+    return y, h_n, c_n, ctx
+
+
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+    """Backprop through time for :func:`lstm` (``dh_n``, ``dc_n`` carry truncated BPTT)."""
+    return _grads("lstm", _core.recurrent_backward(ctx, dy, dh_n, dc_n, True))
+
+
+def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True):
+    """GRU over a sequence: ``r, z = sigmoid(W_i. x + b_i. + W_h. h + b_h.)``,
+    ``n = tanh(W_in x + b_in + r (W_hn h + b_hn))``, ``h_t = (1 - z) n + z h_{t-1}``.
+    Returns ``(y, h_n, ctx)``."""
+    y, h_n, _, ctx = _core.recurrent_forward("gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                             training)
+    return y, h_n, ctx
+
+
+def gru_backward(ctx, dy, dh_n=None):
+    """Backprop through time for :func:`gru`."""
+    return _grads("gru", _core.recurrent_backward(ctx, dy, dh_n, None, True))

@@ -1,0 +1,415 @@
+// Recurrent layers (compiled once per ISA). Formulas and algorithm: recurrent.h.
+#include "ops/recurrent.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "gemm/gemm.h"
+#include "simd/vec.h"
+#include "simd/vmath.h"
+
+namespace seqcore {
+namespace SEQCORE_ISA {
+namespace {
+
+inline int gates_of(Cell c) { return c == Cell::lstm ? 4 : c == Cell::gru ? 3 : 1; }
+
+// The blocked gate-column order (see recurrent.h).
+struct Layout {
+  int G;
+  int64_t H, NR, U, nblk, N;
+  Layout(Cell cell, int64_t h, int64_t nr) : G(gates_of(cell)), H(h), NR(nr) {
+    U = std::max<int64_t>(1, NR / G);
+    nblk = (H + U - 1) / U;
+    N = nblk == 0 ? 0 : (nblk - 1) * NR + G * ub(nblk - 1);
+  }
+  int64_t ub(int64_t blk) const { return blk == nblk - 1 ? H - blk * U : U; }
+  int64_t col(int64_t u, int g) const {
+    int64_t blk = u / U;
+    return blk * NR + g * ub(blk) + (u - blk * U);
+  }
+};
+
+inline int pool_threads(int64_t work) {
+  if (omp_in_parallel()) return 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), work / 16384)));
+}
+
+// Rows of a PyTorch-ordered (G*H, K) matrix -> blocked (N, K); padding rows zero.
+template <class T> void block_rows(const Layout& L, const T* w, int64_t K, T* wb) {
+  std::memset(wb, 0, size_t(L.N * K) * sizeof(T));
+  for (int g = 0; g < L.G; ++g)
+    for (int64_t u = 0; u < L.H; ++u) std::memcpy(wb + L.col(u, g) * K, w + (g * L.H + u) * K, size_t(K) * sizeof(T));
+}
+template <class T> void unblock_rows(const Layout& L, const T* wb, int64_t K, T* w) {
+  for (int g = 0; g < L.G; ++g)
+    for (int64_t u = 0; u < L.H; ++u) std::memcpy(w + (g * L.H + u) * K, wb + L.col(u, g) * K, size_t(K) * sizeof(T));
+}
+
+inline int64_t seq_len(const RecurrentShape& s, int64_t b) { return s.lengths ? s.lengths[b] : s.T; }
+
+// Reverse direction: the run processes step `st` of sequence b at time len_b - 1 - st.
+// gather: dst[st, b] = src[len_b - 1 - st, b] (zeros past the end); scatter is its inverse
+// (zeros where no step wrote).
+template <class T> void reverse_gather(const RecurrentShape& s, const T* src, T* dst, int64_t F) {
+  const int64_t T_ = s.T, B = s.B;
+#pragma omp parallel for num_threads(pool_threads(T_ * B * F)) schedule(static)
+  for (int64_t st = 0; st < T_; ++st)
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t len = seq_len(s, b);
+      T* d = dst + (st * B + b) * F;
+      if (st < len) std::memcpy(d, src + ((len - 1 - st) * B + b) * F, size_t(F) * sizeof(T));
+      else std::memset(d, 0, size_t(F) * sizeof(T));
+    }
+}
+template <class T> void reverse_scatter(const RecurrentShape& s, const T* src, T* dst, int64_t F) {
+  // The map st <-> len-1-st is an involution on [0, len), identity-free past len: same loop.
+  reverse_gather(s, src, dst, F);
+}
+
+// ---------------------------------------------------------------- forward step epilogue
+template <class T> struct StepCtx {
+  const Layout* L;
+  Cell cell;
+  int64_t step;
+  const int64_t* len;
+  const T* h_prev;  // (B,H)
+  T* h_next;
+  const T* c_prev;  // LSTM
+  T* c_next;
+  T* y;             // (B,H) output row block of this step; == h_next: not written twice
+  T* zx;            // (B,N) this step's input projection (GRU reads it; gates stored there)
+  T* hn;            // (B,H) GRU: W_hn h + b_hn, or null
+};
+
+template <class T>
+void step_tile(void* vctx, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb, int64_t nb) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const StepCtx<T>& s = *static_cast<const StepCtx<T>*>(vctx);
+  const Layout& L = *s.L;
+  const int64_t H = L.H, blk = j0 / L.NR, u0 = blk * L.U, ub = L.ub(blk);
+  for (int64_t r = 0; r < mb; ++r) {
+    const int64_t b = i0 + r;
+    T* z = c + r * ldc;
+    const T* hp = s.h_prev + b * H + u0;
+    T* hn = s.h_next + b * H + u0;
+    T* y = s.y + b * H + u0;
+    const bool write_y = s.y != s.h_next;
+    if (s.len && s.step >= s.len[b]) {  // past this sequence's end: state frozen, output 0
+      std::memmove(hn, hp, size_t(ub) * sizeof(T));
+      if (s.cell == Cell::lstm) std::memmove(s.c_next + b * H + u0, s.c_prev + b * H + u0, size_t(ub) * sizeof(T));
+      if (write_y) std::memset(y, 0, size_t(ub) * sizeof(T));
+      continue;
+    }
+    for (int64_t u = 0; u < ub; u += W) {
+      const int cnt = int(std::min<int64_t>(W, ub - u));
+      R h;
+      if (s.cell == Cell::lstm) {
+        R i = vm::sigmoid<V>(V::load_n(z + u, cnt));
+        R f = vm::sigmoid<V>(V::load_n(z + ub + u, cnt));
+        R g = vm::tanh(V::load_n(z + 2 * ub + u, cnt));
+        R o = vm::sigmoid<V>(V::load_n(z + 3 * ub + u, cnt));
+        R cp = V::load_n(s.c_prev + b * H + u0 + u, cnt);
+        R cn = V::fma(f, cp, V::mul(i, g));
+        h = V::mul(o, vm::tanh(cn));
+        V::store_n(z + u, i, cnt);
+        V::store_n(z + ub + u, f, cnt);
+        V::store_n(z + 2 * ub + u, g, cnt);
+        V::store_n(z + 3 * ub + u, o, cnt);
+        V::store_n(s.c_next + b * H + u0 + u, cn, cnt);
+      } else if (s.cell == Cell::gru) {
+        T* zx = s.zx + b * ldc + j0;  // same tile position in the input projection
+        R rr = vm::sigmoid<V>(V::add(V::load_n(zx + u, cnt), V::load_n(z + u, cnt)));
+        R zz = vm::sigmoid<V>(V::add(V::load_n(zx + ub + u, cnt), V::load_n(z + ub + u, cnt)));
+        R hnv = V::load_n(z + 2 * ub + u, cnt);
+        R nn = vm::tanh(V::fma(rr, hnv, V::load_n(zx + 2 * ub + u, cnt)));
+        R hpv = V::load_n(hp + u, cnt);
+        h = V::fma(zz, V::sub(hpv, nn), nn);  // (1 - z) n + z h = n + z (h - n)
+        V::store_n(zx + u, rr, cnt);
+        V::store_n(zx + ub + u, zz, cnt);
+        V::store_n(zx + 2 * ub + u, nn, cnt);
+        if (s.hn) V::store_n(s.hn + b * H + u0 + u, hnv, cnt);
+      } else {
+        R zv = V::load_n(z + u, cnt);
+        h = s.cell == Cell::rnn_tanh ? vm::tanh(zv) : V::select(V::gt(zv, V::zero()), zv, V::select(V::isnan(zv), zv, V::zero()));
+      }
+      V::store_n(hn + u, h, cnt);
+      if (write_y) V::store_n(y + u, h, cnt);
+    }
+  }
+}
+
+// Workspace carving: a bump allocator over the caller's buffer (64-byte aligned pieces).
+template <class T> struct Carve {
+  T* p;
+  T* take(int64_t n) {
+    T* r = p;
+    p += (n + 15) / 16 * 16;
+    return r;
+  }
+};
+template <class T> int64_t carve_size(int64_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+template <class T> int64_t recurrent_gate_cols(Cell cell, int64_t H) { return Layout(cell, H, gemm_nr<T>()).N; }
+
+template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, bool training, bool backward) {
+  Layout L(s.cell, s.H, gemm_nr<T>());
+  const int64_t N = L.N, T_ = s.T, B = s.B, I = s.I, H = s.H;
+  int64_t n = carve_size<T>(N * I) + carve_size<T>(N * H) + 16;
+  if (!backward) {
+    n += 2 * carve_size<T>(N) + carve_size<T>(packed_b_size<T>(H, N));
+    if (s.cell == Cell::gru) n += carve_size<T>(B * N);
+    if (s.reverse) n += carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * H);
+    if (!training) n += carve_size<T>(T_ * B * N) + 4 * carve_size<T>(B * H);
+  } else {
+    n += carve_size<T>(packed_b_size<T>(N, H));
+    n += carve_size<T>(T_ * B * N) * (s.cell == Cell::gru ? 2 : 1);
+    n += 2 * carve_size<T>(B * H) + carve_size<T>(N * I) + carve_size<T>(N * H) + 2 * carve_size<T>(N);
+    n += carve_size<T>(T_ * B);
+    if (s.reverse) n += 2 * carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * H);
+  }
+  return n;
+}
+
+template <class T> void recurrent_forward(const RecurrentShape& s, const RecurrentForwardArgs<T>& a) {
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const Layout L(s.cell, H, gemm_nr<T>());
+  const int64_t N = L.N, BH = B * H;
+  const bool training = a.states != nullptr;
+  const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
+  Carve<T> ws{a.work};
+  T* wih_b = ws.take(N * I);
+  T* whh_b = ws.take(N * H);
+  T* bx = ws.take(N);
+  T* bh = ws.take(N);
+  T* packed = ws.take(packed_b_size<T>(H, N));
+  T* zh = gru ? ws.take(B * N) : nullptr;
+  T* xrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
+  T* yrev = s.reverse ? ws.take(T_ * B * H) : nullptr;
+  T* zx = training ? a.gates : ws.take(T_ * B * N);
+  T* ping[2] = {nullptr, nullptr};
+  T* cping[2] = {nullptr, nullptr};
+  if (!training) { ping[0] = ws.take(BH); ping[1] = ws.take(BH); cping[0] = ws.take(BH); cping[1] = ws.take(BH); }
+
+  // Weights and biases in blocked order. GRU: b_hr, b_hz join the input bias; b_hn stays
+  // with the recurrent product (it sits inside r * (W_hn h + b_hn)).
+  block_rows(L, a.w_ih, I, wih_b);
+  block_rows(L, a.w_hh, H, whh_b);
+  const bool has_bias = a.b_ih || a.b_hh;
+  std::memset(bx, 0, size_t(N) * sizeof(T));
+  std::memset(bh, 0, size_t(N) * sizeof(T));
+  for (int g = 0; g < L.G; ++g)
+    for (int64_t u = 0; u < H; ++u) {
+      T bi = a.b_ih ? a.b_ih[g * H + u] : T(0), bhh = a.b_hh ? a.b_hh[g * H + u] : T(0);
+      if (gru && g == 2) { bx[L.col(u, g)] = bi; bh[L.col(u, g)] = bhh; }
+      else bx[L.col(u, g)] = bi + bhh;
+    }
+
+  // Input projection of every step at once.
+  const T* xin = a.x;
+  if (s.reverse) { reverse_gather(s, a.x, xrev, I); xin = xrev; }
+  Epilogue<T> ep_in;
+  ep_in.bias = bx;
+  gemm<T>(false, true, T_ * B, N, I, T(1), xin, std::max<int64_t>(I, 1), wih_b, std::max<int64_t>(I, 1), T(0), zx,
+          N, has_bias ? &ep_in : nullptr);
+  pack_b<T>(true, H, N, whh_b, H, packed);
+
+  auto state = [&](int64_t st) -> T* { return training ? a.states + st * BH : ping[st & 1]; };
+  auto cell = [&](int64_t st) -> T* { return !lstm ? nullptr : training ? a.cells + st * BH : cping[st & 1]; };
+  if (a.h0) std::memcpy(state(0), a.h0, size_t(BH) * sizeof(T)); else std::memset(state(0), 0, size_t(BH) * sizeof(T));
+  if (lstm) { if (a.c0) std::memcpy(cell(0), a.c0, size_t(BH) * sizeof(T)); else std::memset(cell(0), 0, size_t(BH) * sizeof(T)); }
+
+  T* yout = s.reverse ? yrev : a.y;
+  StepCtx<T> ctx{&L, s.cell, 0, s.lengths, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  Epilogue<T> ep;
+  ep.tile_fn = &step_tile<T>;
+  ep.tile_ctx = &ctx;
+  if (gru && has_bias) ep.bias = bh;
+  for (int64_t st = 0; st < T_; ++st) {
+    ctx.step = st;
+    ctx.h_prev = state(st);
+    ctx.h_next = state(st + 1);
+    ctx.c_prev = cell(st);
+    ctx.c_next = cell(st + 1);
+    ctx.y = (!s.reverse && yout + st * BH == state(st + 1)) ? state(st + 1) : yout + st * BH;
+    ctx.zx = zx + st * B * N;
+    ctx.hn = (gru && training) ? a.hn + st * BH : nullptr;
+    if (gru)
+      gemm_packed<T>(false, B, N, H, T(1), state(st), H, packed, T(0), zh, N, &ep);
+    else
+      gemm_packed<T>(false, B, N, H, T(1), state(st), H, packed, T(1), zx + st * B * N, N, &ep);
+  }
+  if (s.reverse) reverse_scatter(s, yrev, a.y, H);
+  if (a.h_n) std::memcpy(a.h_n, state(T_), size_t(BH) * sizeof(T));
+  if (lstm && a.c_n) std::memcpy(a.c_n, cell(T_), size_t(BH) * sizeof(T));
+}
+
+template <class T> void recurrent_backward(const RecurrentShape& s, const RecurrentBackwardArgs<T>& a) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const Layout L(s.cell, H, gemm_nr<T>());
+  const int64_t N = L.N, BH = B * H;
+  const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
+  Carve<T> ws{a.work};
+  T* wih_b = ws.take(N * I);
+  T* whh_b = ws.take(N * H);
+  T* packed = ws.take(packed_b_size<T>(N, H));
+  T* dzx = ws.take(T_ * B * N);
+  T* dzh = gru ? ws.take(T_ * B * N) : dzx;
+  T* dh = ws.take(BH);
+  T* dc = ws.take(BH);
+  T* dwih_b = ws.take(N * I);
+  T* dwhh_b = ws.take(N * H);
+  T* dbx = ws.take(N);
+  T* dbh = ws.take(N);
+  T* sq = ws.take(T_ * B);
+  T* xrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
+  T* dxrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
+  T* dyrev = s.reverse ? ws.take(T_ * B * H) : nullptr;
+
+  block_rows(L, a.w_ih, I, wih_b);
+  block_rows(L, a.w_hh, H, whh_b);
+  pack_b<T>(false, N, H, whh_b, H, packed);  // dh_prev = dZ (B,N) @ whh_b (N,H)
+  const T* xin = a.x;
+  const T* dyin = a.dy;
+  if (s.reverse) {
+    reverse_gather(s, a.x, xrev, I);
+    xin = xrev;
+    if (a.dy) { reverse_gather(s, a.dy, dyrev, H); dyin = dyrev; }
+  }
+  if (a.dh_n) std::memcpy(dh, a.dh_n, size_t(BH) * sizeof(T)); else std::memset(dh, 0, size_t(BH) * sizeof(T));
+  if (lstm) { if (a.dc_n) std::memcpy(dc, a.dc_n, size_t(BH) * sizeof(T)); else std::memset(dc, 0, size_t(BH) * sizeof(T)); }
+  const R one = V::set1(T(1));
+
+  for (int64_t st = T_ - 1; st >= 0; --st) {
+    // Fused pointwise pass: gradient reaching h_t, then dZ for every gate; the direct
+    // (non-matmul) part of dh_{t-1} is left in dh for the GEMM to add to.
+#pragma omp parallel for num_threads(pool_threads(BH * 8)) schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      T* dzx_r = dzx + (st * B + b) * N;
+      T* dzh_r = dzh + (st * B + b) * N;
+      T* dhb = dh + b * H;
+      if (s.lengths && st >= s.lengths[b]) {  // frozen: gradients pass straight through
+        std::memset(dzx_r, 0, size_t(N) * sizeof(T));
+        if (gru) std::memset(dzh_r, 0, size_t(N) * sizeof(T));
+        sq[st * B + b] = T(0);
+        continue;
+      }
+      const T* dyb = dyin ? dyin + (st * B + b) * H : nullptr;
+      const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
+      R acc = V::zero();
+      for (int64_t blk = 0; blk < L.nblk; ++blk) {
+        const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
+        if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
+          std::memset(dzx_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
+          std::memset(dzh_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
+        }
+        for (int64_t u = 0; u < ub; u += W) {
+          const int cnt = int(std::min<int64_t>(W, ub - u));
+          const int64_t hu = b * H + u0 + u;
+          R d = V::load_n(dhb + u0 + u, cnt);
+          if (dyb) d = V::add(d, V::load_n(dyb + u0 + u, cnt));
+          acc = V::fma(d, d, acc);
+          if (lstm) {
+            const T* g = gb + c0;
+            R i = V::load_n(g + u, cnt), f = V::load_n(g + ub + u, cnt);
+            R gg = V::load_n(g + 2 * ub + u, cnt), o = V::load_n(g + 3 * ub + u, cnt);
+            R ct = V::load_n(a.cells + (st + 1) * BH + hu, cnt);
+            R cp = V::load_n(a.cells + st * BH + hu, cnt);
+            R tc = vm::tanh(ct);
+            R dcv = V::fma(V::mul(d, o), V::fnma(tc, tc, one), V::load_n(dc + hu, cnt));
+            R d_o = V::mul(d, tc);
+            T* dz = dzx_r + c0;
+            V::store_n(dz + u, V::mul(V::mul(dcv, gg), V::mul(i, V::sub(one, i))), cnt);
+            V::store_n(dz + ub + u, V::mul(V::mul(dcv, cp), V::mul(f, V::sub(one, f))), cnt);
+            V::store_n(dz + 2 * ub + u, V::mul(V::mul(dcv, i), V::fnma(gg, gg, one)), cnt);
+            V::store_n(dz + 3 * ub + u, V::mul(d_o, V::mul(o, V::sub(one, o))), cnt);
+            V::store_n(dc + hu, V::mul(dcv, f), cnt);
+            V::store_n(dhb + u0 + u, V::zero(), cnt);
+          } else if (gru) {
+            const T* g = gb + c0;
+            R r = V::load_n(g + u, cnt), z = V::load_n(g + ub + u, cnt), n = V::load_n(g + 2 * ub + u, cnt);
+            R hp = V::load_n(a.states + st * BH + hu, cnt);
+            R zhn = V::load_n(a.hn + st * BH + hu, cnt);
+            R dn = V::mul(d, V::sub(one, z));
+            R dzn = V::mul(dn, V::fnma(n, n, one));
+            R dzr = V::mul(V::mul(dzn, zhn), V::mul(r, V::sub(one, r)));
+            R dzz = V::mul(V::mul(d, V::sub(hp, n)), V::mul(z, V::sub(one, z)));
+            T* dx_ = dzx_r + c0;
+            T* dh_ = dzh_r + c0;
+            V::store_n(dx_ + u, dzr, cnt);
+            V::store_n(dx_ + ub + u, dzz, cnt);
+            V::store_n(dx_ + 2 * ub + u, dzn, cnt);
+            V::store_n(dh_ + u, dzr, cnt);
+            V::store_n(dh_ + ub + u, dzz, cnt);
+            V::store_n(dh_ + 2 * ub + u, V::mul(dzn, r), cnt);
+            V::store_n(dhb + u0 + u, V::mul(d, z), cnt);
+          } else {
+            R h = V::load_n(a.states + (st + 1) * BH + hu, cnt);
+            R dz = s.cell == Cell::rnn_tanh ? V::mul(d, V::fnma(h, h, one))
+                                            : V::select(V::gt(h, V::zero()), d, V::zero());
+            V::store_n(dzx_r + c0 + u, dz, cnt);
+            V::store_n(dhb + u0 + u, V::zero(), cnt);
+          }
+        }
+      }
+      sq[st * B + b] = V::reduce_add(acc);
+    }
+    gemm_packed<T>(false, B, H, N, T(1), dzh + st * B * N, N, packed, T(1), dh, H, nullptr);
+  }
+  if (a.dh0) std::memcpy(a.dh0, dh, size_t(BH) * sizeof(T));
+  if (lstm && a.dc0) std::memcpy(a.dc0, dc, size_t(BH) * sizeof(T));
+
+  if (a.dh_norms) {  // original time order; per-row squares summed in batch order
+    for (int64_t t = 0; t < T_; ++t) {
+      T acc = T(0);
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t len = seq_len(s, b);
+        if (t >= len) continue;
+        acc += sq[(s.reverse ? len - 1 - t : t) * B + b];
+      }
+      a.dh_norms[t] = std::sqrt(acc);
+    }
+  }
+
+  // Weight and input gradients: one GEMM each over all T*B rows.
+  const int64_t TB = T_ * B;
+  gemm<T>(true, false, N, H, TB, T(1), dzh, N, a.states, H, T(0), dwhh_b, H, nullptr);
+  gemm<T>(true, false, N, I, TB, T(1), dzx, N, xin, std::max<int64_t>(I, 1), T(0), dwih_b, std::max<int64_t>(I, 1), nullptr);
+  T* dxout = s.reverse ? dxrev : a.dx;
+  gemm<T>(false, false, TB, I, N, T(1), dzx, N, wih_b, std::max<int64_t>(I, 1), T(0), dxout, std::max<int64_t>(I, 1), nullptr);
+  if (s.reverse) reverse_scatter(s, dxrev, a.dx, I);
+  unblock_rows(L, dwih_b, I, a.dw_ih);
+  unblock_rows(L, dwhh_b, H, a.dw_hh);
+  if (a.db_ih || a.db_hh) {
+    col_sum<T>(dzx, TB, N, dbx, false);
+    if (gru) col_sum<T>(dzh, TB, N, dbh, false);
+    const T* dbh_src = gru ? dbh : dbx;
+    for (int g = 0; g < L.G; ++g)
+      for (int64_t u = 0; u < H; ++u) {
+        if (a.db_ih) a.db_ih[g * H + u] = dbx[L.col(u, g)];
+        if (a.db_hh) a.db_hh[g * H + u] = dbh_src[L.col(u, g)];
+      }
+  }
+}
+
+#define SEQCORE_INSTANTIATE(T)                                                                   \
+  template int64_t recurrent_gate_cols<T>(Cell, int64_t);                                        \
+  template int64_t recurrent_workspace_size<T>(const RecurrentShape&, bool, bool);               \
+  template void recurrent_forward<T>(const RecurrentShape&, const RecurrentForwardArgs<T>&);     \
+  template void recurrent_backward<T>(const RecurrentShape&, const RecurrentBackwardArgs<T>&);
+SEQCORE_INSTANTIATE(float)
+SEQCORE_INSTANTIATE(double)
+#undef SEQCORE_INSTANTIATE
+
+}  // namespace SEQCORE_ISA
+}  // namespace seqcore
