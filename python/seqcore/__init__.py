@@ -1,7 +1,7 @@
 """seqcore: fast CPU kernels for sequence models behind a NumPy API."""
 from seqcore import _core
 from seqcore._core import get_num_threads, set_num_threads, PackedMatrix
-from seqcore import functional, reference
+from seqcore import functional, reference, nn
 from seqcore.functional import matmul, gemm
 
 __version__ = _core.info()["version"]
@@ -14,4 +14,4 @@ def info():
 
 
 __all__ = ["info", "get_num_threads", "set_num_threads", "matmul", "gemm", "PackedMatrix",
-           "functional", "reference"]
+           "functional", "reference", "nn"]
