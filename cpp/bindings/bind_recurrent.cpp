@@ -104,14 +104,16 @@ py::tuple recurrent_forward(const std::string& mode, const py::object& x_o, cons
     RecurrentShape s = shape_of(c, reverse);
     const int64_t N = K_.recurrent_gate_cols(c.ci.cell, c.H);
     check_alloc({c.T, c.B, N}, sizeof(T));
-    py::array_t<T> work = make_out<T>({K_.recurrent_workspace_size(s, training, false)}, py::none());
+    const int64_t wsize = K_.recurrent_workspace_size(s, training, false);
+    check_alloc({wsize}, sizeof(T));
+    T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
     py::array_t<T> h_n = make_out<T>({c.B, c.H}, py::none());
     py::object c_n = py::none();
     RecurrentForwardArgs<T> a;
     a.x = cptr<T>(c.x); a.h0 = opt<T>(c.h0); a.c0 = opt<T>(c.c0);
     a.w_ih = cptr<T>(c.w_ih); a.w_hh = cptr<T>(c.w_hh); a.b_ih = opt<T>(c.b_ih); a.b_hh = opt<T>(c.b_hh);
     a.h_n = h_n.mutable_data();
-    a.work = work.mutable_data();
+    a.work = work;
     if (lstm) { py::array_t<T> cn = make_out<T>({c.B, c.H}, py::none()); a.c_n = cn.mutable_data(); c_n = cn; }
     py::object y;
     auto ctx = std::make_unique<RecurrentContext>();
@@ -168,7 +170,9 @@ py::tuple recurrent_backward(RecurrentContext& ctx, const py::object& dy_o, cons
     const int64_t* len = ctx.lengths.is_none() ? nullptr : static_cast<const int64_t*>(py::array(ctx.lengths).data());
     RecurrentShape s{ctx.ci.cell, ctx.T, ctx.B, ctx.I, ctx.H, ctx.reverse, len};
     const int64_t GH = ctx.ci.G * ctx.H;
-    py::array_t<T> work = make_out<T>({K_.recurrent_workspace_size(s, true, true)}, py::none());
+    const int64_t wsize = K_.recurrent_workspace_size(s, true, true);
+    check_alloc({wsize}, sizeof(T));
+    T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
     py::array_t<T> dx = make_out<T>({ctx.T, ctx.B, ctx.I}, py::none());
     py::array_t<T> dh0 = make_out<T>(state, py::none());
     py::array_t<T> dwih = make_out<T>({GH, ctx.I}, py::none()), dwhh = make_out<T>({GH, ctx.H}, py::none());
@@ -182,7 +186,7 @@ py::tuple recurrent_backward(RecurrentContext& ctx, const py::object& dy_o, cons
     a.dy = opt<T>(dy); a.dh_n = opt<T>(dhn); a.dc_n = opt<T>(dcn);
     a.dx = dx.mutable_data(); a.dh0 = dh0.mutable_data();
     a.dw_ih = dwih.mutable_data(); a.dw_hh = dwhh.mutable_data();
-    a.work = work.mutable_data();
+    a.work = work;
     if (lstm) { py::array_t<T> t = make_out<T>(state, py::none()); a.dc0 = t.mutable_data(); dc0 = t; }
     if (ctx.has_bias) {
       py::array_t<T> b1 = make_out<T>({GH}, py::none()), b2 = make_out<T>({GH}, py::none());

@@ -32,6 +32,9 @@ void bind_runtime(py::module_& m) {
     if (n < 1) throw py::value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
     set_num_threads(n);
   }, py::arg("n"), "Sets the number of threads kernels use (like OMP_NUM_THREADS).");
+  m.def("release_memory", [] { release_workspace(); release_pool(); },
+        "Frees this thread's kernel workspace and the idle pooled output buffers (both are kept "
+        "between calls to avoid page faults).");
   m.def("_fma_peak", [](double seconds, int threads) {
     // Runs the probe on `threads` threads for about `seconds`; returns measured flop/s.
     if (threads < 1) throw py::value_error("threads must be >= 1");

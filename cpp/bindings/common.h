@@ -62,6 +62,13 @@ int64_t numel(const Shape& s);
 // Throws MemoryError if `count` elements of `itemsize` bytes cannot be addressed.
 void check_alloc(const Shape& s, size_t itemsize);
 
+// Workspace for kernels called from this thread: grows to the largest request and is kept
+// for the next call (fresh multi-megabyte buffers cost more in page faults than the work);
+// contents unspecified, valid until the next call. release_workspace() frees it.
+void* thread_workspace(size_t bytes);
+void release_workspace();
+void release_pool();  // frees idle pooled output blocks
+
 // Calls f(float{}) or f(double{}).
 template <class F> inline auto dispatch_float(FloatType ft, F&& f) {
   if (ft == FloatType::f32) return f(float{});
