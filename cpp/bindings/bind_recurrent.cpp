@@ -150,7 +150,7 @@ py::tuple recurrent_forward(const std::string& mode, const py::object& x_o, cons
 }
 
 py::tuple recurrent_backward(RecurrentContext& ctx, const py::object& dy_o, const py::object& dhn_o, const py::object& dcn_o,
-                             bool need_norms) {
+                             bool need_norms, bool need_input_grad) {
   const char* fn = ctx.ci.name;
   if (ctx.ci.cell != Cell::lstm && !dcn_o.is_none()) throw py::value_error(std::string(fn) + ": dc_n is only for LSTM");
   const Shape yshape{ctx.T, ctx.B, ctx.H}, state{ctx.B, ctx.H};
@@ -173,18 +173,19 @@ py::tuple recurrent_backward(RecurrentContext& ctx, const py::object& dy_o, cons
     const int64_t wsize = K_.recurrent_workspace_size(s, true, true);
     check_alloc({wsize}, sizeof(T));
     T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
-    py::array_t<T> dx = make_out<T>({ctx.T, ctx.B, ctx.I}, py::none());
+    py::object dx = py::none();
     py::array_t<T> dh0 = make_out<T>(state, py::none());
     py::array_t<T> dwih = make_out<T>({GH, ctx.I}, py::none()), dwhh = make_out<T>({GH, ctx.H}, py::none());
     py::object dc0 = py::none(), dbih = py::none(), dbhh = py::none(), norms = py::none();
     RecurrentBackwardArgs<T> a;
+    if (need_input_grad) { py::array_t<T> t = make_out<T>({ctx.T, ctx.B, ctx.I}, py::none()); a.dx = t.mutable_data(); dx = t; }
     a.x = cptr<T>(ctx.x); a.w_ih = cptr<T>(ctx.w_ih); a.w_hh = cptr<T>(ctx.w_hh);
     a.gates = ctx.gates.is_none() ? nullptr : cptr<T>(py::array(ctx.gates));
     a.states = cptr<T>(py::array(ctx.states));
     a.cells = ctx.cells.is_none() ? nullptr : cptr<T>(py::array(ctx.cells));
     a.hn = ctx.hn.is_none() ? nullptr : cptr<T>(py::array(ctx.hn));
     a.dy = opt<T>(dy); a.dh_n = opt<T>(dhn); a.dc_n = opt<T>(dcn);
-    a.dx = dx.mutable_data(); a.dh0 = dh0.mutable_data();
+    a.dh0 = dh0.mutable_data();
     a.dw_ih = dwih.mutable_data(); a.dw_hh = dwhh.mutable_data();
     a.work = work;
     if (lstm) { py::array_t<T> t = make_out<T>(state, py::none()); a.dc0 = t.mutable_data(); dc0 = t; }
@@ -217,7 +218,7 @@ void bind_recurrent(py::module_& m) {
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("training"));
   m.def("recurrent_backward", &recurrent_backward, py::arg("ctx"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"),
-        py::arg("need_norms"));
+        py::arg("need_norms"), py::arg("need_input_grad") = true);
 }
 
 }  // namespace seqcore

@@ -385,9 +385,11 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   const int64_t TB = T_ * B;
   gemm<T>(true, false, N, H, TB, T(1), dzh, N, a.states, H, T(0), dwhh_b, H, nullptr);
   gemm<T>(true, false, N, I, TB, T(1), dzx, N, xin, std::max<int64_t>(I, 1), T(0), dwih_b, std::max<int64_t>(I, 1), nullptr);
-  T* dxout = s.reverse ? dxrev : a.dx;
-  gemm<T>(false, false, TB, I, N, T(1), dzx, N, wih_b, std::max<int64_t>(I, 1), T(0), dxout, std::max<int64_t>(I, 1), nullptr);
-  if (s.reverse) reverse_scatter(s, dxrev, a.dx, I);
+  if (a.dx) {  // skipped when the caller does not need the input gradient
+    T* dxout = s.reverse ? dxrev : a.dx;
+    gemm<T>(false, false, TB, I, N, T(1), dzx, N, wih_b, std::max<int64_t>(I, 1), T(0), dxout, std::max<int64_t>(I, 1), nullptr);
+    if (s.reverse) reverse_scatter(s, dxrev, a.dx, I);
+  }
   unblock_rows(L, dwih_b, I, a.dw_ih);
   unblock_rows(L, dwhh_b, H, a.dw_hh);
   if (a.db_ih || a.db_hh) {

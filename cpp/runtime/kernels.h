@@ -41,7 +41,7 @@ struct RecurrentBackwardArgs {
   const T *x = nullptr, *w_ih = nullptr, *w_hh = nullptr;
   const T *gates = nullptr, *states = nullptr, *cells = nullptr, *hn = nullptr;  // from forward
   const T *dy = nullptr, *dh_n = nullptr, *dc_n = nullptr;                      // null: zeros
-  T *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr;
+  T *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr;  // dx null: not computed
   T *dw_ih = nullptr, *dw_hh = nullptr, *db_ih = nullptr, *db_hh = nullptr;  // overwritten
   T* dh_norms = nullptr;  // (T): ||dL/dh_t|| over the batch, original time order; or null
   T* work = nullptr;      // recurrent_workspace_size(..., true) elements

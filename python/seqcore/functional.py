@@ -188,9 +188,10 @@ def rnn(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh", lengths=No
     return y, h_n, ctx
 
 
-def rnn_backward(ctx, dy, dh_n=None):
-    """Backprop through time for :func:`rnn`; ``dy`` (T,B,H) or None, ``dh_n`` (B,H) or None."""
-    return _grads("rnn", _core.recurrent_backward(ctx, dy, dh_n, None, True))
+def rnn_backward(ctx, dy, dh_n=None, need_input_grad=True):
+    """Backprop through time for :func:`rnn`; ``dy`` (T,B,H) or None, ``dh_n`` (B,H) or None.
+    ``need_input_grad=False`` skips ``dx`` (returned as None)."""
+    return _grads("rnn", _core.recurrent_backward(ctx, dy, dh_n, None, True, need_input_grad))
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True):
@@ -202,9 +203,9 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fals
     return y, h_n, c_n, ctx
 
 
-def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
+def lstm_backward(ctx, dy, dh_n=None, dc_n=None, need_input_grad=True):
     """Backprop through time for :func:`lstm` (``dh_n``, ``dc_n`` carry truncated BPTT)."""
-    return _grads("lstm", _core.recurrent_backward(ctx, dy, dh_n, dc_n, True))
+    return _grads("lstm", _core.recurrent_backward(ctx, dy, dh_n, dc_n, True, need_input_grad))
 
 
 def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True):
@@ -216,6 +217,6 @@ def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, tr
     return y, h_n, ctx
 
 
-def gru_backward(ctx, dy, dh_n=None):
+def gru_backward(ctx, dy, dh_n=None, need_input_grad=True):
     """Backprop through time for :func:`gru`."""
-    return _grads("gru", _core.recurrent_backward(ctx, dy, dh_n, None, True))
+    return _grads("gru", _core.recurrent_backward(ctx, dy, dh_n, None, True, need_input_grad))

@@ -176,13 +176,14 @@ class RNNBase(Module):
         return output, h_n
 
     # ------------------------------------------------------------------ backward
-    def backward(self, d_output, d_h_n=None):
+    def backward(self, d_output, d_h_n=None, need_input_grad=True):
         """Backprop through time for the last training-mode forward.
 
         d_output: gradient of the output (same shape as output) or None; d_h_n: gradient of
         h_n (LSTM: a tuple (dh_n, dc_n), either may be None) for truncated BPTT across
         chunks. Adds into every parameter's .grad; returns (d_input, d_hx) with d_hx shaped
-        like hx (LSTM: a tuple). Records ||dL/dh_t|| per layer and direction in
+        like hx (LSTM: a tuple); d_input is None with ``need_input_grad=False`` (saves the
+        first layer's input-gradient GEMM, like PyTorch when the input needs no grad). Records ||dL/dh_t|| per layer and direction in
         ``last_dh_norms[(layer, direction)]`` (shape (T,)).
         """
         if self._cache is None:
@@ -226,7 +227,8 @@ class RNNBase(Module):
                 i = layer * nd + d
                 g_y = None if grad_out is None else (grad_out if nd == 1 else grad_out[:, :, d * H:(d + 1) * H])
                 out = F._core.recurrent_backward(ctxs[i], g_y, None if dhn is None else dhn[i],
-                                                 None if dcn is None else dcn[i], True)
+                                                 None if dcn is None else dcn[i], True,
+                                                 need_input_grad or layer > 0)
                 dx, dh, dc, dwih, dwhh, dbih, dbhh, norms = out
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
                 w_ih.grad += dwih
@@ -236,15 +238,17 @@ class RNNBase(Module):
                     b_hh.grad += dbhh
                 dh0[i], dc0[i] = dh, dc
                 self.last_dh_norms[(layer, d)] = norms
-                d_in = dx if d_in is None else d_in + dx
+                if dx is not None:
+                    d_in = dx if d_in is None else d_in + dx
             if layer > 0 and masks[layer - 1] is not None:
                 d_in = d_in * masks[layer - 1]
             grad_out = d_in
         dx = grad_out
         dhx = np.stack(dh0)
         if unbatched:
-            dx, dhx = dx[:, 0], dhx[:, 0]
-        elif self.batch_first:
+            dx = None if dx is None else dx[:, 0]
+            dhx = dhx[:, 0]
+        elif self.batch_first and dx is not None:
             dx = dx.transpose(1, 0, 2)
         if self.mode == "LSTM":
             dcx = np.stack(dc0)
@@ -365,7 +369,7 @@ class RNNCellBase(Module):
         dt = self.weight_hh.dtype
         dh = None if d_h is None else np.asarray(d_h, dtype=dt).reshape(-1, self.hidden_size)
         dc = None if d_c is None else np.asarray(d_c, dtype=dt).reshape(-1, self.hidden_size)
-        dx, dh0, dc0, dwih, dwhh, dbih, dbhh, _ = F._core.recurrent_backward(ctx, None, dh, dc, False)
+        dx, dh0, dc0, dwih, dwhh, dbih, dbhh, _ = F._core.recurrent_backward(ctx, None, dh, dc, False, True)
         self.weight_ih.grad += dwih
         self.weight_hh.grad += dwhh
         if self.bias_ih is not None:
