@@ -1,6 +1,9 @@
 // Recurrent bindings: whole-sequence forward/backward for one layer and one direction.
 // The context returned by forward keeps what backward needs (activations saved by the
 // kernel, references to x and the weights).
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -202,6 +205,88 @@ py::tuple recurrent_backward(RecurrentContext& ctx, const py::object& dy_o, cons
   });
 }
 
+// Weights of one cell blocked and packed once, for streaming steps on small batches.
+class PackedRecurrent {
+ public:
+  PackedRecurrent(const std::string& mode, const py::object& wih_o, const py::object& whh_o, const py::object& bih_o,
+                  const py::object& bhh_o) {
+    ci_ = parse_cell(mode);
+    // Shapes come from the weights: validate through the sequence checker with an empty x.
+    FloatType ft = common_float_type({{wih_o, "w_ih"}, {whh_o, "w_hh"}, {bih_o, "b_ih"}, {bhh_o, "b_hh"}});
+    py::array wih = as_float_array(wih_o, "w_ih", ft);
+    check_ndim(wih, "w_ih", 2, "(G*H, input_size)");
+    py::object x_empty = py::module_::import("numpy").attr("zeros")(py::make_tuple(0, 0, wih.shape(1)),
+                                                                   ft == FloatType::f32 ? "float32" : "float64");
+    Checked c = check_inputs(mode, x_empty, py::none(), py::none(), wih_o, whh_o, bih_o, bhh_o, py::none());
+    ft_ = c.ft; I_ = c.I; H_ = c.H;
+    dispatch_float(ft_, [&](auto tag) {
+      using T = decltype(tag);
+      const auto& K_ = K<T>();
+      N_ = K_.recurrent_gate_cols(ci_.cell, H_);
+      bytes_ = size_t(K_.recurrent_packed_size(ci_.cell, I_, H_)) * sizeof(T);
+      data_.reset(std::aligned_alloc(64, (bytes_ + 63) / 64 * 64));
+      if (!data_) throw std::bad_alloc();
+      const T* bi = opt<T>(c.b_ih);
+      const T* bh = opt<T>(c.b_hh);
+      const T* wi = cptr<T>(c.w_ih);
+      const T* wh = cptr<T>(c.w_hh);
+      T* dst = static_cast<T*>(data_.get());
+      py::gil_scoped_release rel;
+      K_.recurrent_pack(ci_.cell, I_, H_, wi, wh, bi, bh, dst);
+      return 0;
+    });
+  }
+
+  // x (B, I); h, c (B, H) or None (zeros) -> h' (LSTM: (h', c')).
+  py::object step(const py::object& x_o, const py::object& h_o, const py::object& c_o) {
+    const bool lstm = ci_.cell == Cell::lstm;
+    if (!lstm && !c_o.is_none()) throw py::value_error("step: c is only for LSTM");
+    FloatType ft = common_float_type({{x_o, "x"}, {h_o, "h"}, {c_o, "c"}});
+    if (ft != ft_ && (py::isinstance<py::array>(x_o) || !h_o.is_none()))
+      throw py::type_error(std::string("step: inputs must have the weights' dtype (") +
+                           (ft_ == FloatType::f32 ? "float32" : "float64") + ")");
+    py::array x = as_float_array(x_o, "x", ft_);
+    check_ndim(x, "x", 2, ("(B, " + std::to_string(I_) + ")").c_str());
+    if (x.shape(1) != I_) shape_error("x", "(B, " + std::to_string(I_) + ")", x);
+    const int64_t B = x.shape(0);
+    std::optional<py::array> h, c;
+    if (!h_o.is_none()) { h = as_float_array(h_o, "h", ft_); check_shape(*h, "h", {B, H_}); }
+    if (!c_o.is_none()) { c = as_float_array(c_o, "c", ft_); check_shape(*c, "c", {B, H_}); }
+    return dispatch_float(ft_, [&](auto tag) -> py::object {
+      using T = decltype(tag);
+      py::array_t<T> h_out = make_out<T>({B, H_}, py::none());
+      py::object c_ret = py::none();
+      T* pc_out = nullptr;
+      if (lstm) { py::array_t<T> t = make_out<T>({B, H_}, py::none()); pc_out = t.mutable_data(); c_ret = t; }
+      const int64_t wsize = 2 * B * N_ + 2 * B * H_ + 64;
+      T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
+      T* zeros = work + 2 * B * N_ + 32;
+      const T* px = cptr<T>(x);
+      const T* ph = h ? cptr<T>(*h) : zeros;
+      const T* pcc = c ? cptr<T>(*c) : zeros;
+      T* ph_out = h_out.mutable_data();
+      const T* packed = static_cast<const T*>(data_.get());
+      {
+        py::gil_scoped_release rel;
+        if (!h || (lstm && !c)) std::memset(zeros, 0, size_t(B * H_) * sizeof(T));
+        if (B > 0) K<T>().recurrent_step(ci_.cell, B, I_, H_, packed, px, ph, lstm ? pcc : nullptr, ph_out, pc_out, work);
+      }
+      if (lstm) return py::make_tuple(h_out, c_ret);
+      return h_out;
+    });
+  }
+
+  size_t nbytes() const { return bytes_; }
+
+ private:
+  struct Free { void operator()(void* p) const { std::free(p); } };
+  std::unique_ptr<void, Free> data_;
+  size_t bytes_ = 0;
+  CellInfo ci_{};
+  FloatType ft_ = FloatType::f32;
+  int64_t I_ = 0, H_ = 0, N_ = 0;
+};
+
 }  // namespace
 
 void bind_recurrent(py::module_& m) {
@@ -214,6 +299,11 @@ void bind_recurrent(py::module_& m) {
           if (!o->is_none()) n += py::array(*o).nbytes();
         return n;
       }, "Bytes of activations kept for backward.");
+  py::class_<PackedRecurrent>(m, "PackedRecurrent")
+      .def(py::init<const std::string&, const py::object&, const py::object&, const py::object&, const py::object&>(),
+           py::arg("mode"), py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih") = py::none(), py::arg("b_hh") = py::none())
+      .def("step", &PackedRecurrent::step, py::arg("x"), py::arg("h") = py::none(), py::arg("c") = py::none())
+      .def_property_readonly("nbytes", &PackedRecurrent::nbytes);
   m.def("recurrent_forward", &recurrent_forward, py::arg("mode"), py::arg("x"), py::arg("h0"), py::arg("c0"),
         py::arg("w_ih"), py::arg("w_hh"), py::arg("b_ih"), py::arg("b_hh"), py::arg("lengths"), py::arg("reverse"),
         py::arg("training"));

@@ -98,6 +98,60 @@ inline void ukr_edge(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T al
   for (int64_t i = 0; i < mb; ++i) std::memcpy(c + i * ldc, tile + i * NRv, nb * sizeof(T));
 }
 
+// Few rows (m <= kSmallM, a GEMV-like product such as a streaming recurrent step): A is read
+// in place (no packing) and the B panel streams once; two accumulator sets over even/odd k
+// hide FMA latency. C[0:MS, 0:nb] = alpha * A B + beta * C.
+constexpr int kSmallM = 4;
+
+template <class T, int MS>
+inline void ukr_small(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b, T* c, int64_t ldc,
+                      T alpha, T beta, int64_t nb) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int NV = Cfg<T>::NV, W = V::W, NRv = NR<T>;
+  R acc0[MS][NV], acc1[MS][NV];
+  for (int i = 0; i < MS; ++i)
+    for (int j = 0; j < NV; ++j) acc0[i][j] = acc1[i][j] = V::zero();
+  int64_t k = 0;
+  for (; k + 2 <= kc; k += 2) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) {
+      R b0 = V::load(b + k * NRv + j * W), b1 = V::load(b + (k + 1) * NRv + j * W);
+#pragma GCC unroll 4
+      for (int i = 0; i < MS; ++i) {
+        acc0[i][j] = V::fma(V::set1(a[i * lda + k]), b0, acc0[i][j]);
+        acc1[i][j] = V::fma(V::set1(a[i * lda + k + 1]), b1, acc1[i][j]);
+      }
+    }
+  }
+  if (k < kc)
+    for (int j = 0; j < NV; ++j) {
+      R b0 = V::load(b + k * NRv + j * W);
+      for (int i = 0; i < MS; ++i) acc0[i][j] = V::fma(V::set1(a[i * lda + k]), b0, acc0[i][j]);
+    }
+  const R va = V::set1(alpha), vb = V::set1(beta);
+  for (int i = 0; i < MS; ++i)
+    for (int j = 0; j < NV; ++j) {
+      int64_t cnt = std::min<int64_t>(W, nb - j * W);
+      if (cnt <= 0) break;
+      T* p = c + i * ldc + j * W;
+      R r = V::mul(va, V::add(acc0[i][j], acc1[i][j]));
+      if (beta != T(0)) r = V::fma(vb, V::load_n(p, int(cnt)), r);
+      V::store_n(p, r, int(cnt));
+    }
+}
+
+template <class T>
+void ukr_small_any(int ms, int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, T alpha, T beta,
+                   int64_t nb) {
+  switch (ms) {
+    case 1: return ukr_small<T, 1>(kc, a, lda, b, c, ldc, alpha, beta, nb);
+    case 2: return ukr_small<T, 2>(kc, a, lda, b, c, ldc, alpha, beta, nb);
+    case 3: return ukr_small<T, 3>(kc, a, lda, b, c, ldc, alpha, beta, nb);
+    default: return ukr_small<T, 4>(kc, a, lda, b, c, ldc, alpha, beta, nb);
+  }
+}
+
 // ---------------------------------------------------------------- epilogue
 template <class T>
 void apply_epilogue(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb,
@@ -279,8 +333,22 @@ void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T
   constexpr int KC = Cfg<T>::KC, MC = Cfg<T>::MC, NRv = NR<T>;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, jb);
-  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
   const int64_t npad = round_up(n_total, NRv);
+  if (!ta && m <= kSmallM) {
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      int64_t kc = std::min<int64_t>(KC, k - pc);
+      const T* bblock = packed + pc * npad + jb * kc;
+      T beta_eff = pc == 0 ? beta : T(1);
+      const bool last = pc + kc >= k;
+      for (int64_t jr = 0; jr < n; jr += NRv) {
+        int64_t nb = std::min<int64_t>(NRv, n - jr);
+        ukr_small_any<T>(int(m), kc, a + pc, lda, bblock + jr * kc, c + jr, ldc, alpha, beta_eff, nb);
+        if (last && ep) apply_epilogue<T>(*ep, c + jr, ldc, i0, jb + jr, m, nb);
+      }
+    }
+    return;
+  }
+  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
   for (int64_t pc = 0; pc < k; pc += KC) {
     int64_t kc = std::min<int64_t>(KC, k - pc);
     const T* bblock = packed + pc * npad + jb * kc;
@@ -366,7 +434,8 @@ void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, 
                  const T* packed, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
   if (m <= 0 || n <= 0) return;
   constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
-  int nt = threads_for(m, n, k);
+  // Few rows: the product streams the packed matrix, so threads pay off by bytes, not flops.
+  int nt = (!ta && m <= kSmallM) ? threads_for(k * n, 8, 1) : threads_for(m, n, k);
   bool split_n = (n / NRv) >= (m / MR);
   int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
   nt = int(std::min<int64_t>(nt, units));

@@ -49,6 +49,19 @@ template <class T> void unblock_rows(const Layout& L, const T* wb, int64_t K, T*
     for (int64_t u = 0; u < L.H; ++u) std::memcpy(w + (g * L.H + u) * K, wb + L.col(u, g) * K, size_t(K) * sizeof(T));
 }
 
+// Biases in blocked order: bx joins b_ih and b_hh (GRU: all but b_hn, which stays with the
+// recurrent product inside r * (W_hn h + b_hn)); bh holds GRU's b_hn, zeros elsewhere.
+template <class T> void block_biases(const Layout& L, Cell cell, const T* b_ih, const T* b_hh, T* bx, T* bh) {
+  std::memset(bx, 0, size_t(L.N) * sizeof(T));
+  std::memset(bh, 0, size_t(L.N) * sizeof(T));
+  for (int g = 0; g < L.G; ++g)
+    for (int64_t u = 0; u < L.H; ++u) {
+      T bi = b_ih ? b_ih[g * L.H + u] : T(0), bhh = b_hh ? b_hh[g * L.H + u] : T(0);
+      if (cell == Cell::gru && g == 2) { bx[L.col(u, g)] = bi; bh[L.col(u, g)] = bhh; }
+      else bx[L.col(u, g)] = bi + bhh;
+    }
+}
+
 inline int64_t seq_len(const RecurrentShape& s, int64_t b) { return s.lengths ? s.lengths[b] : s.T; }
 
 // Reverse direction: the run processes step `st` of sequence b at time len_b - 1 - st.
@@ -203,14 +216,7 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   block_rows(L, a.w_ih, I, wih_b);
   block_rows(L, a.w_hh, H, whh_b);
   const bool has_bias = a.b_ih || a.b_hh;
-  std::memset(bx, 0, size_t(N) * sizeof(T));
-  std::memset(bh, 0, size_t(N) * sizeof(T));
-  for (int g = 0; g < L.G; ++g)
-    for (int64_t u = 0; u < H; ++u) {
-      T bi = a.b_ih ? a.b_ih[g * H + u] : T(0), bhh = a.b_hh ? a.b_hh[g * H + u] : T(0);
-      if (gru && g == 2) { bx[L.col(u, g)] = bi; bh[L.col(u, g)] = bhh; }
-      else bx[L.col(u, g)] = bi + bhh;
-    }
+  block_biases(L, s.cell, a.b_ih, a.b_hh, bx, bh);
 
   // Input projection of every step at once.
   const T* xin = a.x;
@@ -404,11 +410,65 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   }
 }
 
+template <class T> int64_t recurrent_packed_size(Cell cell, int64_t I, int64_t H) {
+  const Layout L(cell, H, gemm_nr<T>());
+  return carve_size<T>(packed_b_size<T>(I, L.N)) + carve_size<T>(packed_b_size<T>(H, L.N)) + 2 * carve_size<T>(L.N);
+}
+
+template <class T>
+void recurrent_pack(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+                    T* packed) {
+  const Layout L(cell, H, gemm_nr<T>());
+  const int64_t N = L.N;
+  Carve<T> out{packed};
+  T* pih = out.take(packed_b_size<T>(I, N));
+  T* phh = out.take(packed_b_size<T>(H, N));
+  T* bx = out.take(N);
+  T* bh = out.take(N);
+  T* tmp = new T[size_t(N * std::max(I, H))];
+  block_rows(L, w_ih, I, tmp);
+  pack_b<T>(true, I, N, tmp, I, pih);
+  block_rows(L, w_hh, H, tmp);
+  pack_b<T>(true, H, N, tmp, H, phh);
+  delete[] tmp;
+  block_biases(L, cell, b_ih, b_hh, bx, bh);
+}
+
+template <class T>
+void recurrent_step(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h, const T* c,
+                    T* h_out, T* c_out, T* work) {
+  const Layout L(cell, H, gemm_nr<T>());
+  const int64_t N = L.N;
+  Carve<T> in{const_cast<T*>(packed)};
+  const T* pih = in.take(packed_b_size<T>(I, N));
+  const T* phh = in.take(packed_b_size<T>(H, N));
+  const T* bx = in.take(N);
+  const T* bh = in.take(N);
+  T* zx = work;
+  T* zh = work + B * N;
+  Epilogue<T> ep_in;
+  ep_in.bias = bx;
+  gemm_packed<T>(false, B, N, I, T(1), x, I, pih, T(0), zx, N, &ep_in);
+  StepCtx<T> ctx{&L, cell, 0, nullptr, h, h_out, c, c_out, h_out, zx, nullptr};
+  Epilogue<T> ep;
+  ep.tile_fn = &step_tile<T>;
+  ep.tile_ctx = &ctx;
+  if (cell == Cell::gru) {
+    ep.bias = bh;
+    gemm_packed<T>(false, B, N, H, T(1), h, H, phh, T(0), zh, N, &ep);
+  } else {
+    gemm_packed<T>(false, B, N, H, T(1), h, H, phh, T(1), zx, N, &ep);
+  }
+}
+
 #define SEQCORE_INSTANTIATE(T)                                                                   \
   template int64_t recurrent_gate_cols<T>(Cell, int64_t);                                        \
   template int64_t recurrent_workspace_size<T>(const RecurrentShape&, bool, bool);               \
   template void recurrent_forward<T>(const RecurrentShape&, const RecurrentForwardArgs<T>&);     \
-  template void recurrent_backward<T>(const RecurrentShape&, const RecurrentBackwardArgs<T>&);
+  template void recurrent_backward<T>(const RecurrentShape&, const RecurrentBackwardArgs<T>&);     \
+  template int64_t recurrent_packed_size<T>(Cell, int64_t, int64_t);                             \
+  template void recurrent_pack<T>(Cell, int64_t, int64_t, const T*, const T*, const T*, const T*, T*); \
+  template void recurrent_step<T>(Cell, int64_t, int64_t, int64_t, const T*, const T*, const T*, const T*, T*, T*, T*);
 SEQCORE_INSTANTIATE(float)
 SEQCORE_INSTANTIATE(double)
 #undef SEQCORE_INSTANTIATE

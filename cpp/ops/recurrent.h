@@ -32,6 +32,13 @@ template <class T> int64_t recurrent_gate_cols(Cell cell, int64_t H);
 template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, bool training, bool backward);
 template <class T> void recurrent_forward(const RecurrentShape& s, const RecurrentForwardArgs<T>& a);
 template <class T> void recurrent_backward(const RecurrentShape& s, const RecurrentBackwardArgs<T>& a);
+template <class T> int64_t recurrent_packed_size(Cell cell, int64_t I, int64_t H);
+template <class T>
+void recurrent_pack(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
+                    T* packed);
+template <class T>
+void recurrent_step(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h, const T* c,
+                    T* h_out, T* c_out, T* work);
 
 }  // namespace SEQCORE_ISA
 }  // namespace seqcore

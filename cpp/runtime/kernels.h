@@ -75,6 +75,13 @@ struct KernelsT {
   int64_t (*recurrent_workspace_size)(const RecurrentShape& s, bool training, bool backward);
   void (*recurrent_forward)(const RecurrentShape& s, const RecurrentForwardArgs<T>& a);
   void (*recurrent_backward)(const RecurrentShape& s, const RecurrentBackwardArgs<T>& a);
+  // Streaming: weights blocked and packed once (recurrent_pack into recurrent_packed_size
+  // elements), then one step for a small batch: (h, c) -> (h_out, c_out); work: 2*B*N.
+  int64_t (*recurrent_packed_size)(Cell cell, int64_t I, int64_t H);
+  void (*recurrent_pack)(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, const T* b_ih,
+                         const T* b_hh, T* packed);
+  void (*recurrent_step)(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h,
+                         const T* c, T* h_out, T* c_out, T* work);
 };
 
 struct Kernels {

@@ -26,6 +26,9 @@ template <class T> void fill(KernelsT<T>& k) {
   k.recurrent_workspace_size = &recurrent_workspace_size<T>;
   k.recurrent_forward = &recurrent_forward<T>;
   k.recurrent_backward = &recurrent_backward<T>;
+  k.recurrent_packed_size = &recurrent_packed_size<T>;
+  k.recurrent_pack = &recurrent_pack<T>;
+  k.recurrent_step = &recurrent_step<T>;
 }
 }  // namespace
 

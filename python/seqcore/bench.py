@@ -104,7 +104,9 @@ class Case:
     GB/s); ``peak`` is 'fma32', 'fma64' or 'bw' (the machine limit to compare with);
     ``baseline`` names a contender whose time the seqcore time is divided by (time ratio);
     ``ref`` the contender the others' results are checked against; ``targets`` maps a
-    ratio name or 'us_per_call' to an upper limit for seqcore."""
+    ratio name or 'us_per_call' to an upper limit for seqcore. A 'bw' case whose
+    ``working_set`` fits in the last-level cache is compared with its ``baseline``'s
+    bandwidth (an in-cache copy) instead of the DRAM copy probe."""
     suite: str
     name: str
     shape: tuple
@@ -119,6 +121,7 @@ class Case:
     per_call_us: bool = False
     targets: Dict[str, float] = field(default_factory=dict)
     notes: str = ""
+    working_set: Optional[float] = None   # bytes touched per call (default: nbytes)
 
 
 class _Cfg:
@@ -401,7 +404,29 @@ def _cpu_info():
         out.pop("model_raw", None)
     except OSError:
         pass
+    out["llc_bytes"] = _llc_bytes()
     return out
+
+
+def _llc_bytes():
+    """Size of the largest CPU cache of cpu0 (bytes) from sysfs, or None."""
+    best = None
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in sorted(os.listdir(base)):
+            if not d.startswith("index"):
+                continue
+            with open(f"{base}/{d}/level") as fh:
+                level = int(fh.read())
+            with open(f"{base}/{d}/size") as fh:
+                txt = fh.read().strip()
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1:].upper(), 1)
+            size = int(txt.rstrip("KMGkmg")) * mult
+            if best is None or level > best[0] or (level == best[0] and size > best[1]):
+                best = (level, size)
+    except (OSError, ValueError):
+        return None
+    return best[1] if best else None
 
 
 def _blas_info():
@@ -563,9 +588,18 @@ def _fill_fractions(rec: dict, mach: dict):
                             if "gflops" in d}
     elif peak == "bw":
         p = mach["copy_gbps_max"]
-        rec["peak_used"] = {"gbps": p, "kind": "copy bandwidth (max of probes)"}
+        rec["peak_used"] = {"gbps": p, "kind": "DRAM copy bandwidth (max of probes)"}
+        ws, llc, base = rec.pop("_working_set", None), rec.pop("_llc", None), rec.get("_baseline")
+        if ws and llc and ws <= llc and base in rec["contenders"]:
+            p = rec["contenders"][base]["gbps"]
+            rec["peak_used"] = {"gbps": p, "kind": f"'{base}' of the same bytes: the working "
+                                "set fits in the last-level cache, so DRAM bandwidth does "
+                                "not apply", "cache_resident": True}
         rec["frac_bw"] = {n: d["gbps"] / p for n, d in rec["contenders"].items()
                           if "gbps" in d}
+    rec.pop("_baseline", None)
+    rec.pop("_working_set", None)
+    rec.pop("_llc", None)
 
 
 class _ThreadScope:
@@ -655,7 +689,9 @@ def _markdown(records, meta) -> str:
     lines += ["", "`seqcore/X` = time_X / time_seqcore (speed ratio, > 1: seqcore faster); "
               "`time/copy` = time_seqcore / time of `np.copyto` of the same bytes "
               "(target <= 1.3); ✓/✗ = target met; ⚠ = other processes used more than "
-              f"{BUSY_CPUS} CPUs during that case (disturbed).", ""]
+              f"{BUSY_CPUS} CPUs during that case (disturbed); `% bw (c)`: the data fit in the "
+              "last-level cache, so the fraction is of an in-cache `np.copyto` of the same "
+              "bytes, not of DRAM bandwidth.", ""]
     for s in dict.fromkeys(r["suite"] for r in records):
         rs = [r for r in records if r["suite"] == s]
         cons = list(dict.fromkeys(n for r in rs for n in r["contenders"]))
@@ -685,7 +721,8 @@ def _markdown(records, meta) -> str:
                 row.append(cell)
             if frac:
                 v = r.get(frac, {}).get("seqcore")
-                row.append("–" if v is None else f"{100 * v:.0f}%")
+                c = " (c)" if r.get("peak_used", {}).get("cache_resident") else ""
+                row.append("–" if v is None else f"{100 * v:.0f}%{c}")
             if extra:
                 tg = r["targets"].get("us_per_call")
                 row.append("–" if tg is None else
@@ -796,6 +833,9 @@ def run(suites=DEFAULT_SUITES, threads=(1, 2), repeats=7, json_path=None, md_pat
                     rec["load"] = busy
                     rec["settle_s"] = st
                     rec["_peak"] = case.peak
+                    rec["_baseline"] = case.baseline
+                    rec["_working_set"] = case.working_set or case.nbytes
+                    rec["_llc"] = machine["cpu"].get("llc_bytes")
                     block.append(rec)
                     log(f"[{s} t={t}] {case.name}: " + "  ".join(
                         f"{n} {_fmt_cell(d)}" for n, d in rec["contenders"].items()))

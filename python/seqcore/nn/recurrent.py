@@ -317,6 +317,8 @@ class RNNCellBase(Module):
         else:
             self.bias_ih = self.bias_hh = None
         self._cache = None
+        self._packed = None
+        self._packed_key = None
 
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
@@ -354,11 +356,53 @@ class RNNCellBase(Module):
         return (h_n, c_n) if self.mode == "LSTM" else h_n
 
     def forward(self, input, hx=None):
-        return self._run(input, hx, self.training)
+        if not self.training:
+            return self.step(input, hx)
+        return self._run(input, hx, True)
+
+    def _packed_weights(self):
+        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        key = tuple((id(p.data), p.version) for p in params if p is not None)
+        if self._packed_key != key:
+            self._packed = F._core.PackedRecurrent(
+                _KERNEL_MODE[self.mode], self.weight_ih.data, self.weight_hh.data,
+                None if self.bias_ih is None else self.bias_ih.data,
+                None if self.bias_hh is None else self.bias_hh.data)
+            self._packed_key = key
+        return self._packed
 
     def step(self, input, hx=None):
-        """Forward for inference: nothing is kept for backward."""
-        return self._run(input, hx, False)
+        """One step for inference (streaming), nothing kept for backward.
+
+        The weights are blocked and packed once and reused while the parameters are
+        unchanged (seqcore's optimizers, ``load_state_dict`` and assigning ``.data`` bump
+        ``Parameter.version``; after editing ``.data`` in place call ``refresh()``).
+        """
+        x = np.asarray(input)
+        unbatched = x.ndim == 1
+        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
+            raise ValueError(f"argument 'input' must have shape (B, {self.input_size}) or "
+                             f"({self.input_size},), got {x.shape}")
+        h = c = None
+        if hx is not None:
+            if self.mode == "LSTM":
+                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                    raise ValueError("LSTMCell hx must be a tuple (h, c)")
+                h, c = hx
+            else:
+                h = hx
+        if unbatched:
+            x = x[None]
+            h = None if h is None else np.asarray(h)[None]
+            c = None if c is None else np.asarray(c)[None]
+        out = self._packed_weights().step(x, h, c)
+        if unbatched:
+            out = (out[0][0], out[1][0]) if self.mode == "LSTM" else out[0]
+        return out
+
+    def refresh(self):
+        """Drops the packed weights used by ``step`` (after in-place edits of ``.data``)."""
+        self._packed_key = None
 
     def backward(self, d_h, d_c=None):
         """Gradients of the last training-mode forward: d_h (and LSTM's d_c) of the new
