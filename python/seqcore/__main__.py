@@ -1,0 +1,5 @@
+import sys
+
+from seqcore.cli import main
+
+sys.exit(main())
