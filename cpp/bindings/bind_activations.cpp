@@ -1,4 +1,5 @@
 // Activation bindings: one function per op (forward and backward), prelu, softmax.
+#include <cstring>
 #include <string>
 
 #include "bindings/common.h"
@@ -12,11 +13,18 @@ py::array unary_fwd(Unary op, double param, const py::object& x_obj, const py::o
   return dispatch_float(ft, [&](auto tag) -> py::array {
     using T = decltype(tag);
     py::array_t<T> y = make_out<T>(shape_of(x), out);
+    // In place (out is x, element for element) is fine for an elementwise kernel; any other
+    // overlap goes through a temporary.
+    const bool partial = memory_overlaps(y, x) && y.data() != x.data();
+    py::array_t<T> dst = partial ? make_out<T>(shape_of(x), py::none()) : y;
     const T* px = cptr<T>(x);
-    T* py_ = y.mutable_data();
+    T* pd = dst.mutable_data();
     const int64_t n = x.size();
-    py::gil_scoped_release rel;
-    K<T>().unary_forward(op, T(param), px, py_, n);  // elementwise: in place (out is x) is fine
+    {
+      py::gil_scoped_release rel;
+      K<T>().unary_forward(op, T(param), px, pd, n);
+    }
+    if (partial) std::memcpy(y.mutable_data(), pd, size_t(n) * sizeof(T));
     return y;
   });
 }
@@ -32,8 +40,10 @@ py::array unary_bwd(Unary op, double param, const py::object& dy_obj, const py::
     const T* ps = cptr<T>(s);
     T* pdx = dx.mutable_data();
     const int64_t n = dy.size();
-    py::gil_scoped_release rel;
-    K<T>().unary_backward(op, T(param), pdy, ps, pdx, n);
+    {
+      py::gil_scoped_release rel;
+      K<T>().unary_backward(op, T(param), pdy, ps, pdx, n);
+    }
     return dx;
   });
 }
@@ -69,8 +79,10 @@ py::array prelu(const py::object& x_obj, const py::object& w_obj) {
     const T* px = cptr<T>(x);
     const T* pw = cptr<T>(w);
     T* py_ = y.mutable_data();
-    py::gil_scoped_release rel;
-    if (x.size() > 0) K<T>().prelu_forward(px, pw, py_, outer, c, inner);
+    {
+      py::gil_scoped_release rel;
+      if (x.size() > 0) K<T>().prelu_forward(px, pw, py_, outer, c, inner);
+    }
     return y;
   });
 }
@@ -91,11 +103,13 @@ py::tuple prelu_backward(const py::object& dy_obj, const py::object& x_obj, cons
     T* pdx = dx.mutable_data();
     T* pdw = dw.mutable_data();
     const int64_t nw = w.size();
-    py::gil_scoped_release rel;
-    if (x.size() > 0) {
-      K<T>().prelu_backward(pdy, px, pw, pdx, pdw, outer, c, inner);
-    } else {
-      for (int64_t i = 0; i < nw; ++i) pdw[i] = T(0);
+    {
+      py::gil_scoped_release rel;
+      if (x.size() > 0) {
+        K<T>().prelu_backward(pdy, px, pw, pdx, pdw, outer, c, inner);
+      } else {
+        for (int64_t i = 0; i < nw; ++i) pdw[i] = T(0);
+      }
     }
     return py::make_tuple(dx, dw);
   });
@@ -126,8 +140,10 @@ py::array softmax(const py::object& x_obj, int64_t axis, bool log) {
     py::array_t<T> y = make_out<T>(shape_of(x), py::none());
     const T* px = cptr<T>(x);
     T* py_ = y.mutable_data();
-    py::gil_scoped_release rel;
-    K<T>().softmax_forward(log, px, py_, outer, n, inner);
+    {
+      py::gil_scoped_release rel;
+      K<T>().softmax_forward(log, px, py_, outer, n, inner);
+    }
     return y;
   });
 }
@@ -145,8 +161,10 @@ py::array softmax_backward(const py::object& dy_obj, const py::object& y_obj, in
     const T* pdy = cptr<T>(dy);
     const T* py_ = cptr<T>(y);
     T* pdx = dx.mutable_data();
-    py::gil_scoped_release rel;
-    K<T>().softmax_backward(log, pdy, py_, pdx, outer, n, inner);
+    {
+      py::gil_scoped_release rel;
+      K<T>().softmax_backward(log, pdy, py_, pdx, outer, n, inner);
+    }
     return dx;
   });
 }

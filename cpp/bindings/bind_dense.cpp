@@ -75,7 +75,7 @@ py::array matmul_impl(py::array a, py::array b, const py::object& out) {
     if (da != db && da != 1 && db != 1)
       throw py::value_error("matmul: batch dimensions do not broadcast: argument 'a' has shape " +
                             shape_str(shape_of(a)) + ", argument 'b' has shape " + shape_str(shape_of(b)));
-    batch[i] = std::max(da, db);
+    batch[i] = da == 1 ? db : da;  // NumPy: a 1 broadcasts, even against 0
   }
   Shape oshape = batch;
   if (!a1) oshape.push_back(m);
@@ -171,8 +171,10 @@ py::object gemm(const py::object& a_obj, const py::object& b_obj, const py::obje
     const T* pa = cptr<T>(a);
     const T* pb = cptr<T>(b);
     T* pc = ptr<T>(c);
-    py::gil_scoped_release rel;
-    K<T>().gemm(trans_a != la, trans_b != lb, m, n, k, T(alpha), pa, lda, pb, ldb, T(beta), pc, ldc, nullptr);
+    {
+      py::gil_scoped_release rel;
+      K<T>().gemm(trans_a != la, trans_b != lb, m, n, k, T(alpha), pa, lda, pb, ldb, T(beta), pc, ldc, nullptr);
+    }
     return 0;
   });
   return c_obj;
@@ -204,9 +206,11 @@ py::array linear(const py::object& x_obj, const py::object& w_obj, const py::obj
     const T* px = cptr<T>(x);
     const T* pw = cptr<T>(w);
     T* py_ = y.mutable_data();
-    py::gil_scoped_release rel;
-    K<T>().gemm(false, true, mrows, nout, nin, T(1), px, std::max<int64_t>(nin, 1), pw, std::max<int64_t>(nin, 1), T(0),
-                py_, std::max<int64_t>(nout, 1), (ep.bias || act != Act::none) ? &ep : nullptr);
+    {
+      py::gil_scoped_release rel;
+      K<T>().gemm(false, true, mrows, nout, nin, T(1), px, std::max<int64_t>(nin, 1), pw, std::max<int64_t>(nin, 1), T(0),
+                  py_, std::max<int64_t>(nout, 1), (ep.bias || act != Act::none) ? &ep : nullptr);
+    }
     return y;
   });
 }
@@ -268,8 +272,10 @@ class PackedMatrix {
       const T* pb = cptr<T>(b);
       T* dst = static_cast<T*>(data_.get());
       int64_t ld = std::max<int64_t>(b.shape(1), 1);
-      py::gil_scoped_release rel;
-      if (k_ > 0 && n_ > 0) K<T>().pack_b(trans, k_, n_, pb, ld, dst);
+      {
+        py::gil_scoped_release rel;
+        if (k_ > 0 && n_ > 0) K<T>().pack_b(trans, k_, n_, pb, ld, dst);
+      }
       return 0;
     });
   }
@@ -302,9 +308,11 @@ class PackedMatrix {
       const T* pa = cptr<T>(a);
       T* py_ = y.mutable_data();
       const T* pb = static_cast<const T*>(data_.get());
-      py::gil_scoped_release rel;
-      K<T>().gemm_packed(false, m, n_, k_, T(1), pa, std::max<int64_t>(k_, 1), pb, T(beta), py_, std::max<int64_t>(n_, 1),
-                         (ep.bias || act != Act::none) ? &ep : nullptr);
+      {
+        py::gil_scoped_release rel;
+        K<T>().gemm_packed(false, m, n_, k_, T(1), pa, std::max<int64_t>(k_, 1), pb, T(beta), py_, std::max<int64_t>(n_, 1),
+                           (ep.bias || act != Act::none) ? &ep : nullptr);
+      }
       return y;
     });
   }

@@ -39,6 +39,12 @@ py::object own_dtype(const py::object& obj) {
 }
 }  // namespace
 
+// np.asarray(a, dtype, order='C'): C-contiguous, keeps 0-d shapes (ascontiguousarray
+// would turn them into (1,)).
+py::array as_c_array(const py::object& a, const py::dtype& dt) {
+  return py::module_::import("numpy").attr("asarray")(a, dt, py::arg("order") = "C");
+}
+
 FloatType common_float_type(std::initializer_list<In> ins) {
   const char* first_name = nullptr;
   int found = -1;
@@ -70,7 +76,7 @@ py::array as_float_array(const py::object& obj, const char* name, FloatType ft) 
       throw py::type_error(std::string("mixed float dtypes: argument '") + name + "' is " + dtype_name(a) +
                            " but the call computes in " + (ft == FloatType::f32 ? "float32" : "float64"));
     if (a.dtype().equal(want) && (a.flags() & py::array::c_style)) return a;
-    return py::module_::import("numpy").attr("ascontiguousarray")(a, want);  // strided or byte-swapped
+    return as_c_array(a, want);  // strided or byte-swapped
   }
   // Lists, tuples, scalars, other array-likes: let NumPy read them, then insist on numbers.
   py::module_ np = py::module_::import("numpy");
@@ -83,7 +89,7 @@ py::array as_float_array(const py::object& obj, const char* name, FloatType ft) 
   char kind = a.dtype().kind();
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') dtype_error(name, dtype_name(a));
   if (kind == 'f' && a.itemsize() != 4 && a.itemsize() != 8) dtype_error(name, dtype_name(a));
-  return np.attr("ascontiguousarray")(a, want);
+  return as_c_array(a, want);
 }
 
 py::array as_index_array(const py::object& obj, const char* name) {
@@ -99,7 +105,7 @@ py::array as_index_array(const py::object& obj, const char* name) {
     if (mx.cast<unsigned long long>() > (unsigned long long)std::numeric_limits<int64_t>::max())
       throw py::value_error("argument '" + std::string(name) + "' has values too large for int64");
   }
-  return np.attr("ascontiguousarray")(a, py::dtype::of<int64_t>());
+  return as_c_array(a, py::dtype::of<int64_t>());
 }
 
 void shape_error(const char* name, const std::string& expect, const py::array& got) {

@@ -218,9 +218,11 @@ template <class T> void softmax_row(bool log, const T* x, T* y, int64_t n) {
       for (int l = 0; l < cnt; ++l) tail += buf[l];
     }
     T sum = V::reduce_add(vs) + tail;
-    auto off = V::set1(mx + std::log(sum));
-    for (i = 0; i + W <= n; i += W) V::store(y + i, V::sub(V::load(x + i), off));
-    if (i < n) { int cnt = int(n - i); V::store_n(y + i, V::sub(V::load_n(x + i, cnt), off), cnt); }
+    // (x - max) - log(sum), not x - (max + log(sum)): max + log(sum) would round at the
+    // magnitude of max and cost every output that rounding error.
+    auto vl = V::set1(std::log(sum));
+    for (i = 0; i + W <= n; i += W) V::store(y + i, V::sub(V::sub(V::load(x + i), vmax), vl));
+    if (i < n) { int cnt = int(n - i); V::store_n(y + i, V::sub(V::sub(V::load_n(x + i, cnt), vmax), vl), cnt); }
   }
 }
 
@@ -240,8 +242,8 @@ void softmax_strided(bool log, const T* x, T* y, int64_t n, int64_t inner, int c
     auto inv = V::div(V::set1(T(1)), s);
     for (int64_t j = 0; j < n; ++j) V::store_n(y + j * inner, V::mul(V::load_n(y + j * inner, cnt), inv), cnt);
   } else {
-    auto off = V::add(mx, vm::log_lanes<V>(s));
-    for (int64_t j = 0; j < n; ++j) V::store_n(y + j * inner, V::sub(V::load_n(x + j * inner, cnt), off), cnt);
+    auto vl = vm::log_lanes<V>(s);
+    for (int64_t j = 0; j < n; ++j) V::store_n(y + j * inner, V::sub(V::sub(V::load_n(x + j * inner, cnt), mx), vl), cnt);
   }
 }
 

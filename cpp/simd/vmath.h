@@ -19,10 +19,15 @@ inline typename V::R per_lane(typename V::R x, F f) {
   return V::load(buf);
 }
 
-// exp(x): n = round(x / ln2), r = x - n ln2 (two-constant Cody-Waite), e^r by a degree-7
-// polynomial (Cephes expf), scaled by 2^n as 2^(n/2) * 2^(n - n/2) so results in the
-// subnormal range and overflow to +inf come out right without special cases.
-inline Vec<float>::R exp(Vec<float>::R x) {
+// exp(x) = p * s1 * s2: n = round(x / ln2), r = x - n ln2 (two-constant Cody-Waite), e^r by
+// a degree-7 polynomial (Cephes expf) p, and 2^n split as s1 = 2^floor(n/2), s2 = 2^(n -
+// floor(n/2)) so results in the subnormal range and overflow to +inf come out right without
+// special cases. Keeping the parts lets callers apply a factor before the last scaling
+// (exp_mul), so m * e^x is accurate even where e^x alone would be subnormal.
+struct ExpParts {
+  Vec<float>::R p, s1, s2;
+};
+inline ExpParts exp_parts(Vec<float>::R x) {
   using V = Vec<float>;
   V::R xc = V::min(V::max(x, V::set1(-160.0f)), V::set1(100.0f));
   V::R n = V::round(V::mul(xc, V::set1(1.44269504088896341f)));
@@ -35,12 +40,22 @@ inline Vec<float>::R exp(Vec<float>::R x) {
   p = V::fma(p, r, V::set1(1.6666665459E-1f));
   p = V::fma(p, r, V::set1(5.0000001201E-1f));
   p = V::fma(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
-  V::R n1 = V::round(V::mul(n, V::set1(0.5f)));
-  n1 = V::select(V::gt(n1, V::mul(n, V::set1(0.5f))), V::sub(n1, V::set1(1.0f)), n1);  // floor(n/2)
-  V::R n2 = V::sub(n, n1);
-  V::R y = V::mul(V::mul(p, V::pow2i(n1)), V::pow2i(n2));
+  V::R half = V::mul(n, V::set1(0.5f));
+  V::R n1 = V::round(half);
+  n1 = V::select(V::gt(n1, half), V::sub(n1, V::set1(1.0f)), n1);  // floor(n/2)
+  return {p, V::pow2i(n1), V::pow2i(V::sub(n, n1))};
+}
+
+// m * e^x with the binary scaling last. NaN in x gives NaN.
+inline Vec<float>::R exp_mul(Vec<float>::R x, Vec<float>::R m) {
+  using V = Vec<float>;
+  ExpParts e = exp_parts(x);
+  V::R y = V::mul(V::mul(V::mul(m, e.p), e.s1), e.s2);
   return V::select(V::isnan(x), x, y);
 }
+
+inline Vec<float>::R exp(Vec<float>::R x) { return exp_mul(x, Vec<float>::set1(1.0f)); }
+
 inline Vec<double>::R exp(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return std::exp(v); });
 }
@@ -67,19 +82,48 @@ inline Vec<double>::R tanh(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return std::tanh(v); });
 }
 
-// sigmoid(x) = 1 / (1 + e^{-x}); e^{-x} = inf gives exactly 0.
+// m * sigmoid(x + xlo) for a value given as a float plus a small correction xlo, accurate
+// on both tails: with e = e^{-|x|} (never overflows), sigmoid = 1 / (1 + e) for x >= 0 and
+// e / (1 + e) for x < 0, where m e is formed before the final binary scaling so a tiny
+// sigmoid times a large m stays accurate. Far left (x < -200) the result is m * 0.
+inline Vec<float>::R mul_sigmoid2(Vec<float>::R m, Vec<float>::R x, Vec<float>::R xlo) {
+  using V = Vec<float>;
+  const V::M neg = V::lt(x, V::zero());
+  V::R na = V::sub(V::zero(), V::abs(x));
+  V::R nlo = V::select(neg, xlo, V::sub(V::zero(), xlo));  // -|x| = x (x < 0) or -x
+  ExpParts ep = exp_parts(na);
+  V::R corr = V::add(V::set1(1.0f), nlo);
+  V::R e = V::mul(V::mul(V::mul(ep.p, corr), ep.s1), ep.s2);
+  V::R me = V::mul(V::mul(V::mul(V::mul(m, corr), ep.p), ep.s1), ep.s2);
+  V::R inv = V::div(V::set1(1.0f), V::add(V::set1(1.0f), e));
+  V::R y = V::mul(V::select(neg, me, m), inv);
+  y = V::select(V::lt(x, V::set1(-200.0f)), V::mul(m, V::zero()), y);
+  return V::select(V::isnan(x), x, y);
+}
+inline Vec<float>::R mul_sigmoid(Vec<float>::R m, Vec<float>::R x) {
+  return mul_sigmoid2(m, x, Vec<float>::zero());
+}
+inline Vec<double>::R mul_sigmoid(Vec<double>::R m, Vec<double>::R x) {
+  using V = Vec<double>;
+  V::R s = per_lane<V>(x, [](double v) {
+    return v >= 0 ? 1.0 / (1.0 + std::exp(-v)) : std::exp(v) / (1.0 + std::exp(v));
+  });
+  return V::mul(m, s);
+}
 template <class V>
 inline typename V::R sigmoid(typename V::R x) {
-  typename V::R one = V::set1(typename V::T(1));
-  return V::div(one, V::add(one, exp(V::sub(V::zero(), x))));
+  return mul_sigmoid(V::set1(typename V::T(1)), x);
 }
 
-// erfc(z) for z >= 0 with relative error ~1e-7: erfc(z) = t exp(-z^2 + P(t)), t = 1/(1+z/2)
-// (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7 everywhere). z^2 is split into
-// an exact high part and a low part so the exponent keeps full relative accuracy for large z.
-inline Vec<float>::R erfc_pos(Vec<float>::R z) {
+// erfc(z) = coef * e^s for z >= 0, relative error ~1e-7: erfc(z) = t exp(-z^2 + P(t)),
+// t = 1/(1+z/2) (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7 everywhere). z^2
+// arrives as an exact sum hi + lo, and what rounding -hi + P loses is folded into coef, so
+// the exponent keeps full relative accuracy for large z.
+struct ErfcParts {
+  Vec<float>::R coef, s;
+};
+inline ErfcParts erfc_parts(Vec<float>::R z, Vec<float>::R hi, Vec<float>::R lo) {
   using V = Vec<float>;
-  z = V::min(z, V::set1(12.0f));  // erfc(12) ~ 1e-64: 0 in float; keeps z*z finite
   V::R t = V::div(V::set1(1.0f), V::fma(z, V::set1(0.5f), V::set1(1.0f)));
   V::R p = V::set1(0.17087277f);
   p = V::fma(p, t, V::set1(-0.82215223f));
@@ -91,16 +135,23 @@ inline Vec<float>::R erfc_pos(Vec<float>::R z) {
   p = V::fma(p, t, V::set1(0.37409196f));
   p = V::fma(p, t, V::set1(1.00002368f));
   p = V::fma(p, t, V::set1(-1.26551223f));
-  V::R hi = V::mul(z, z);
-  V::R lo = V::fma(z, z, V::sub(V::zero(), hi));  // z*z - hi, exact
-  // s = P - hi rounded; TwoSum recovers what the rounding lost, then subtract lo too.
   V::R nhi = V::sub(V::zero(), hi);
-  V::R s = V::add(p, nhi);
+  V::R s = V::add(p, nhi);  // TwoSum: err = what the rounding of p - hi lost, minus lo
   V::R bb = V::sub(s, p);
   V::R err = V::add(V::sub(p, V::sub(s, bb)), V::sub(nhi, bb));
   err = V::sub(err, lo);
-  V::R e = exp(s);
-  return V::mul(t, V::fma(e, err, e));
+  return {V::fma(t, err, t), s};
+}
+// z*z = hi + lo exactly (z clamped to 12: erfc(12) ~ 1e-64 is 0 in float; keeps z*z finite).
+inline ErfcParts erfc_parts(Vec<float>::R z) {
+  using V = Vec<float>;
+  z = V::min(z, V::set1(12.0f));
+  V::R hi = V::mul(z, z);
+  return erfc_parts(z, hi, V::fma(z, z, V::sub(V::zero(), hi)));
+}
+inline Vec<float>::R erfc_pos(Vec<float>::R z) {
+  ErfcParts e = erfc_parts(z);
+  return exp_mul(e.s, e.coef);
 }
 
 // erf(x): |x| < 0.5 by its Taylor series (x P(x^2), error < 1e-8); otherwise 1 - erfc(|x|).
@@ -127,16 +178,67 @@ inline Vec<double>::R erf(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return std::erf(v); });
 }
 
+// erfc(|x| / sqrt 2) as parts, with z^2 = x^2 / 2 taken exactly from x (not from a
+// rounded x / sqrt 2, whose error would be amplified by z^2 in the exponent).
+inline ErfcParts erfc_parts_normal(Vec<float>::R x) {
+  using V = Vec<float>;
+  V::R a = V::min(V::abs(x), V::set1(17.0f));
+  V::R hi = V::mul(a, a);
+  V::R lo = V::fma(a, a, V::sub(V::zero(), hi));
+  const V::R h = V::set1(0.5f);
+  return erfc_parts(V::mul(a, V::set1(0.70710678118654752f)), V::mul(hi, h), V::mul(lo, h));
+}
+
 // Phi(x) = P(N(0,1) <= x) = erfc(-x/sqrt 2) / 2, accurate in relative terms on both tails.
 inline Vec<float>::R normal_cdf(Vec<float>::R x) {
   using V = Vec<float>;
-  V::R z = V::mul(V::abs(x), V::set1(0.70710678118654752f));
-  V::R half_erfc = V::mul(V::set1(0.5f), erfc_pos(z));
+  ErfcParts e = erfc_parts_normal(x);
+  V::R half_erfc = exp_mul(e.s, V::mul(V::set1(0.5f), e.coef));
   V::R y = V::select(V::lt(x, V::zero()), half_erfc, V::sub(V::set1(1.0f), half_erfc));
   return V::select(V::isnan(x), x, y);
 }
 inline Vec<double>::R normal_cdf(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return 0.5 * std::erfc(-v * 0.70710678118654752440); });
+}
+
+// gelu(x) = x Phi(x); for x < 0 the factor x/2 joins before the final scaling.
+inline Vec<float>::R gelu(Vec<float>::R x) {
+  using V = Vec<float>;
+  ErfcParts e = erfc_parts_normal(x);
+  V::R neg = exp_mul(e.s, V::mul(V::mul(V::set1(0.5f), x), e.coef));
+  V::R half_erfc = exp_mul(e.s, V::mul(V::set1(0.5f), e.coef));
+  V::R pos = V::mul(x, V::sub(V::set1(1.0f), half_erfc));
+  V::R y = V::select(V::lt(x, V::zero()), neg, pos);
+  y = V::select(V::lt(x, V::set1(-20.0f)), V::mul(x, V::zero()), y);  // |x Phi(x)| < 1e-87
+  return V::select(V::isnan(x), x, y);
+}
+inline Vec<double>::R gelu(Vec<double>::R x) { return Vec<double>::mul(x, normal_cdf(x)); }
+
+// gelu, tanh form: x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). 2u reaches -90 where
+// the result is still a normal float, so it is carried as a float pair (FMA error-free
+// products, split constants): one float of 2u alone would cost ~1e-5 relative there.
+inline Vec<float>::R gelu_tanh(Vec<float>::R x) {
+  using V = Vec<float>;
+  const double k2 = 2 * 0.79788456080286535588, c = 0.044715;
+  const V::R k2_hi = V::set1(float(k2)), k2_lo = V::set1(float(k2 - double(float(k2))));
+  const V::R c_hi = V::set1(float(c)), c_lo = V::set1(float(c - double(float(c))));
+  const V::R one = V::set1(1.0f), zero = V::zero();
+  V::R x2 = V::mul(x, x), x2lo = V::fma(x, x, V::sub(zero, x2));
+  V::R t = V::mul(c_hi, x2);
+  V::R tlo = V::add(V::fma(c_hi, x2, V::sub(zero, t)), V::fma(c_hi, x2lo, V::mul(c_lo, x2)));
+  V::R w = V::add(one, t), bb = V::sub(w, one);
+  V::R wlo = V::add(V::add(V::sub(one, V::sub(w, bb)), V::sub(t, bb)), tlo);
+  V::R v = V::mul(k2_hi, x), vlo = V::fma(k2_lo, x, V::fma(k2_hi, x, V::sub(zero, v)));
+  V::R a = V::mul(v, w);
+  V::R alo = V::add(V::fma(v, w, V::sub(zero, a)), V::fma(v, wlo, V::mul(vlo, w)));
+  alo = V::select(V::gt(V::abs(x), V::set1(1e4f)), zero, alo);  // far out 2u overflows; sigmoid is 0 or 1
+  return mul_sigmoid2(x, a, alo);
+}
+inline Vec<double>::R gelu_tanh(Vec<double>::R x) {
+  using V = Vec<double>;
+  V::R x3 = V::mul(V::mul(x, x), x);
+  V::R u2 = V::mul(V::set1(2 * 0.79788456080286535588), V::fma(V::set1(0.044715), x3, x));
+  return mul_sigmoid(x, u2);
 }
 
 template <class V>
