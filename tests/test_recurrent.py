@@ -16,7 +16,6 @@ import math
 import numpy as np
 import pytest
 
-import seqcore
 from seqcore import functional as F
 from seqcore import nn
 from seqcore import reference as R
@@ -160,6 +159,31 @@ def test_backward_without_input_grad(kind, dtype):
         for k in full:
             if k != "x":
                 np.testing.assert_array_equal(part[k], full[k], err_msg=f"{kind} reverse={reverse} {k}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_functional_matches_twin_medium_sizes(kind, num_threads):
+    """Sizes where the batch and gate columns are split into several tiles and threads
+    (odd B, H and I around the tile widths), with 1 and 2 threads."""
+    rng = np.random.default_rng(28)
+    for dtype in FLOATS:
+        for (T, B, I, H) in [(5, 16, 64, 97), (3, 37, 129, 65)]:
+            for lengths, reverse in [(None, False), (rng.integers(1, T + 1, B), True)]:
+                case = f"{kind} {np.dtype(dtype).name} T={T} B={B} I={I} H={H} reverse={reverse}"
+                w = make_weights(rng, kind, I, H, True, dtype)
+                x = (0.5 * rng.standard_normal((T, B, I))).astype(dtype)
+                h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+                c0 = h0[::-1].copy() if kind == "lstm" else None
+                outs, ctx = forward(F, kind, x, h0, c0, w, lengths, reverse)
+                w64 = {k: as64(v) for k, v in w.items()}
+                eouts, ectx = forward(R, kind, as64(x), as64(h0), as64(c0), w64, lengths, reverse)
+                for j, (a, e) in enumerate(zip(outs, eouts)):
+                    close(a, e, dtype, f"{case}: output {j}")
+                douts = _douts(rng, kind, T, B, H, dtype, "all")
+                g = backward(F, kind, ctx, douts)
+                eg = backward(R, kind, ectx, [as64(d) for d in douts])
+                for k, e in eg.items():
+                    close(g[k], e, dtype, f"{case}: gradient {k}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -429,7 +453,8 @@ def seqcore_cell(kind, I, H, bias, dtype, rng=5):
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
-@pytest.mark.parametrize("case", CELL_CASES, ids=lambda c: f"{c[0]}-bias{int(c[1])}-I{c[2]}H{c[3]}-B{c[4]}-hx{int(c[5])}")
+@pytest.mark.parametrize("case", CELL_CASES,
+                         ids=lambda c: f"{c[0]}-bias{int(c[1])}-I{c[2]}H{c[3]}-B{c[4]}-hx{int(c[5])}")
 def test_cells_match_torch(torch, case, dtype):
     """RNNCell/LSTMCell/GRUCell: h' (, c') of forward() and step(), d_input, d_hx and
     parameter grads vs torch."""
@@ -566,6 +591,25 @@ def test_module_backward_without_d_output(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_module_backward_without_input_grad(kind):
+    """need_input_grad=False: d_input None; d_hx and every .grad unchanged (bitwise)."""
+    rng = np.random.default_rng(29)
+    T, B, I, H, L = 5, 3, 4, 6, 2
+    m = seqcore_module(kind, I, H, L, True, True, True, np.float32)
+    x = rng.standard_normal((B, T, I)).astype(np.float32)
+    dy = rng.standard_normal((B, T, 2 * H)).astype(np.float32)
+    res = []
+    for need in (True, False):
+        m.zero_grad()
+        m.forward(x, lengths=[2, 5, 1])
+        dx, dhx = m.backward(dy, need_input_grad=need)
+        res.append((dx, dhx if kind == "lstm" else (dhx,), [p.grad.copy() for p in m.parameters()]))
+    assert res[0][0].shape == x.shape and res[1][0] is None
+    for a, b in zip(res[0][1] + tuple(res[0][2]), res[1][1] + tuple(res[1][2])):
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_module_dropout(kind):
     """Dropout between layers: eval() ignores it; in training the gradients are those of the
     (masked) forward, by finite differences with the same masks (same rng state)."""
@@ -670,13 +714,13 @@ def test_truncated_bptt_module(kind):
     d_state = (dhn, dcn) if lstm else dhn
 
     m.zero_grad()
-    out, st = m.forward(x, hx)
+    out, _ = m.forward(x, hx)
     dx_full, dhx_full = m.backward(dy, d_state)
     g_full = {n: p.grad.copy() for n, p in m.named_parameters()}
 
     m.zero_grad()
     _, st1 = m.forward(x[:, :T1], hx)
-    out2, st2 = m.forward(x[:, T1:], st1)
+    out2, _ = m.forward(x[:, T1:], st1)
     dx2, dhx2 = m.backward(dy[:, T1:], d_state)
     out1, _ = m.forward(x[:, :T1], hx)
     dx1, dhx1 = m.backward(dy[:, :T1], dhx2)
@@ -915,7 +959,7 @@ def test_functional_rejects_bad_input(kind):
         with pytest.raises(ValueError, match="nonlinearity"):
             F.rnn(x, None, w["w_ih"], w["w_hh"], nonlinearity="sigmoid")
 
-    outs, ctx = run()
+    _, ctx = run()
     good = _douts(rng, kind, T, B, H, np.float64, "all")
     with pytest.raises(ValueError, match="'dy'"):
         backward(F, kind, ctx, (np.zeros((T, B, H + 1)),) + good[1:])
@@ -969,6 +1013,32 @@ def test_module_rejects_bad_input(kind):
         nn.RNN(I, H, nonlinearity="sigmoid")
     with pytest.raises(ValueError):
         nn.RNNCell(I, H, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cell_rejects_bad_input(kind):
+    rng = np.random.default_rng(30)
+    B, I, H = 3, 4, 5
+    lstm = kind == "lstm"
+    cell = seqcore_cell(kind, I, H, True, np.float64)
+    x = rng.standard_normal((B, I))
+    bad_h = np.zeros((B, H + 1))
+    for run in (cell.forward, cell.step):
+        with pytest.raises(ValueError):
+            run(rng.standard_normal((B, I + 1)))
+        with pytest.raises(ValueError):
+            run(rng.standard_normal((2, B, I)))
+        with pytest.raises(ValueError):
+            run(x, (bad_h, np.zeros((B, H))) if lstm else bad_h)
+        with pytest.raises(ValueError):
+            run(x[0], (np.zeros(H + 1), np.zeros(H)) if lstm else np.zeros(H + 1))
+        if lstm:
+            with pytest.raises(ValueError):
+                run(x, np.zeros((B, H)))  # not a tuple
+        with pytest.raises(TypeError):
+            run(x.astype(np.float32))
+        with pytest.raises(TypeError):
+            run(np.ones((B, I), np.int64))
 
 
 @pytest.mark.parametrize("kind", KINDS)
