@@ -80,5 +80,6 @@ void bind_runtime(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_recurrent(py::module_& m);
+void bind_training(py::module_& m);
 
 }  // namespace seqcore

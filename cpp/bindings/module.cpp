@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   seqcore::bind_dense(m);
   seqcore::bind_activations(m);
   seqcore::bind_recurrent(m);
+  seqcore::bind_training(m);
 }

@@ -47,6 +47,21 @@ struct RecurrentBackwardArgs {
   T* work = nullptr;      // recurrent_workspace_size(..., true) elements
 };
 
+// ---- training (cpp/ops/optim.cpp)
+struct SgdHyper {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize, first_step;
+};
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay;
+  int64_t step;  // t >= 1
+  bool amsgrad, decoupled, maximize;
+};
+struct RmspropHyper {
+  double lr, alpha, eps, weight_decay, momentum;
+  bool centered, maximize;
+};
+
 template <class T>
 struct KernelsT {
   // ---- GEMM: C = alpha * op(A) op(B) + beta * C, then the epilogue (bias, activation).
@@ -82,6 +97,19 @@ struct KernelsT {
                          const T* b_hh, T* packed);
   void (*recurrent_step)(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h,
                          const T* c, T* h_out, T* c_out, T* work);
+  // ---- training (cpp/ops/optim.cpp)
+  void (*sgd_step)(T* p, const T* grad, T* buf, int64_t n, const SgdHyper& h);
+  void (*adam_step)(T* p, const T* grad, T* m, T* v, T* vmax, int64_t n, const AdamHyper& h);
+  void (*rmsprop_step)(T* p, const T* grad, T* sq, T* gavg, T* buf, int64_t n, const RmspropHyper& h);
+  // partial[item] for items = (tensor k, chunk of 2^14 elements) in order: sum |x|^p (p = 2,
+  // any p) or max |x| (p = inf), in double; the caller combines them in order.
+  void (*norm_partials)(const T* const* xs, const int64_t* ns, int64_t count, double p, double* partial);
+  void (*scale_inplace)(T* x, int64_t n, T s);
+  void (*clamp_inplace)(T* x, int64_t n, T lo, T hi);
+  void (*cross_entropy_forward)(const T* x, const int64_t* target, int64_t N, int64_t C, int64_t ignore_index,
+                                double smoothing, T* loss, T* lse);
+  void (*cross_entropy_backward)(const T* x, const int64_t* target, const T* lse, const T* row_scale, int64_t N,
+                                 int64_t C, int64_t ignore_index, double smoothing, T* dx);
 };
 
 struct Kernels {

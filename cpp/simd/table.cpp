@@ -1,6 +1,7 @@
 // Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
 #include "gemm/gemm.h"
 #include "ops/activations.h"
+#include "ops/optim.h"
 #include "ops/recurrent.h"
 #include "runtime/kernels.h"
 
@@ -29,6 +30,14 @@ template <class T> void fill(KernelsT<T>& k) {
   k.recurrent_packed_size = &recurrent_packed_size<T>;
   k.recurrent_pack = &recurrent_pack<T>;
   k.recurrent_step = &recurrent_step<T>;
+  k.sgd_step = &sgd_step<T>;
+  k.adam_step = &adam_step<T>;
+  k.rmsprop_step = &rmsprop_step<T>;
+  k.norm_partials = &norm_partials<T>;
+  k.scale_inplace = &scale_inplace<T>;
+  k.clamp_inplace = &clamp_inplace<T>;
+  k.cross_entropy_forward = &cross_entropy_forward<T>;
+  k.cross_entropy_backward = &cross_entropy_backward<T>;
 }
 }  // namespace
 

@@ -14,6 +14,7 @@ __all__ = [
     "swish", "swish_backward", "gelu", "gelu_backward", "softmax", "softmax_backward",
     "log_softmax", "log_softmax_backward",
     "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
+    "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
 ]
 
 # ----------------------------------------------------------------------------- dense
@@ -220,3 +221,124 @@ def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, tr
 def gru_backward(ctx, dy, dh_n=None, need_input_grad=True):
     """Backprop through time for :func:`gru`."""
     return _grads("gru", _core.recurrent_backward(ctx, dy, dh_n, None, True, need_input_grad))
+
+
+# ----------------------------------------------------------------------------- losses
+
+def _ce_layout(logits, target):
+    """(N, C) or (N, C, d1, ...) logits -> (rows, C) with class last, and flat targets."""
+    import numpy as np
+
+    x = logits if hasattr(logits, "ndim") else np.asarray(logits)
+    t = np.asarray(target)
+    if x.ndim == 1:  # one sample: (C,) with a 0-d target
+        return x[None, :], t.reshape(1), ()
+    if x.ndim < 1:
+        raise ValueError(f"argument 'logits' must have shape (N, C) or (N, C, d1, ...), got {x.shape}")
+    if x.ndim == 2:
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"argument 'target' must have shape ({x.shape[0]},), got {t.shape}")
+        return x, t, (x.shape[0],)
+    spatial = (x.shape[0],) + x.shape[2:]
+    if t.shape != spatial:
+        raise ValueError(f"argument 'target' must have shape {spatial}, got {t.shape}")
+    xl = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+    return xl, t.reshape(-1), spatial
+
+
+def _ce_reduce(loss_rows, target_flat, ignore_index, reduction, out_shape):
+    import numpy as np
+
+    if reduction == "none":
+        return loss_rows.reshape(out_shape)
+    total = loss_rows.sum(dtype=loss_rows.dtype)
+    if reduction == "sum":
+        return total
+    count = int(np.count_nonzero(target_flat != ignore_index))
+    return (total / loss_rows.dtype.type(count)) if count else loss_rows.dtype.type(np.nan)
+
+
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy fused with log-softmax (PyTorch ``F.cross_entropy``).
+
+    logits (N, C) or (N, C, d1, ...) (or (C,) with a 0-d target); target integer class ids
+    of shape (N,) / (N, d1, ...). Per element with lse = log sum_j exp(x_j):
+    ``loss = (1 - e)(lse - x_t) + e (lse - mean_j x_j)`` (e = label_smoothing); targets equal
+    to ``ignore_index`` give 0 and are not counted; ``reduction`` 'mean' (over counted
+    elements), 'sum' or 'none'.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    x, t, shape = _ce_layout(logits, target)
+    loss_rows, _ = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
+    out = _ce_reduce(loss_rows, t, int(ignore_index), reduction, shape)
+    if reduction == "none" and getattr(logits, "ndim", 2) == 1:
+        out = out.reshape(())
+    return out
+
+
+def cross_entropy_backward(dloss, logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Gradient of :func:`cross_entropy` w.r.t. the logits:
+    ``dx_j = s (softmax_j - (1 - e)[j = t] - e / C)`` per element, s = dloss (/count for
+    'mean'; per element for 'none'); 0 for ignored targets. Returns logits' shape."""
+    import numpy as np
+
+    x, t, shape = _ce_layout(logits, target)
+    xa = np.asarray(x)
+    dt = xa.dtype if xa.dtype.kind == "f" else np.float64
+    _, lse = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
+    n = t.shape[0]
+    valid = t != int(ignore_index)
+    if reduction == "none":
+        s = np.asarray(dloss, dtype=dt).reshape(-1)
+        if s.shape != (n,):
+            raise ValueError(f"argument 'dloss' must have shape {shape}, got {np.shape(dloss)}")
+    elif reduction in ("mean", "sum"):
+        d = float(np.asarray(dloss))
+        if reduction == "mean":
+            count = int(np.count_nonzero(valid))
+            d = d / count if count else 0.0
+        s = np.full(n, d, dtype=dt)
+    else:
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    s = np.where(valid, s, 0).astype(dt)
+    dx = _core.cross_entropy_backward(x, t, lse, s, int(ignore_index), float(label_smoothing))
+    lg = logits if hasattr(logits, "ndim") else np.asarray(logits)
+    if lg.ndim == 1:
+        return dx.reshape(lg.shape)
+    if lg.ndim > 2:
+        moved = (lg.shape[0],) + lg.shape[2:] + (lg.shape[1],)
+        return np.ascontiguousarray(np.moveaxis(dx.reshape(moved), -1, 1))
+    return dx
+
+
+def mse_loss(input, target, reduction="mean"):
+    """``mean((input - target)^2)`` (or 'sum' / 'none'), as PyTorch ``F.mse_loss``."""
+    import numpy as np
+
+    a, b = np.asarray(input), np.asarray(target)
+    if a.shape != b.shape:
+        raise ValueError(f"argument 'target' must have the input's shape {a.shape}, got {b.shape}")
+    d = a - b
+    if reduction == "none":
+        return d * d
+    s = np.vdot(d.ravel(), d.ravel()) if d.size else d.dtype.type(0)
+    if reduction == "sum":
+        return s
+    if reduction == "mean":
+        return s / d.dtype.type(d.size) if d.size else d.dtype.type(np.nan)
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def mse_loss_backward(dloss, input, target, reduction="mean"):
+    """``d input = 2 (input - target) dloss`` (/ numel for 'mean')."""
+    import numpy as np
+
+    a, b = np.asarray(input), np.asarray(target)
+    d = a - b
+    if reduction == "none":
+        return 2 * d * np.asarray(dloss, dtype=d.dtype)
+    scale = 2.0 * float(np.asarray(dloss))
+    if reduction == "mean":
+        scale /= max(d.size, 1)
+    return d * d.dtype.type(scale)
