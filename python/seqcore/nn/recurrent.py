@@ -323,14 +323,15 @@ class RNNCellBase(Module):
     def extra_repr(self):
         return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
 
-    def _run(self, input, hx, training):
+    def _inputs(self, input, hx):
+        """Validated (x (B, I), h (B, H) or None, c or None, unbatched)."""
         x = np.asarray(input)
         unbatched = x.ndim == 1
         if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
             raise ValueError(f"argument 'input' must have shape (B, {self.input_size}) or "
                              f"({self.input_size},), got {x.shape}")
-        x = x[None, None, :] if unbatched else x[None]
-        B = x.shape[1]
+        x = x[None] if unbatched else x
+        B = x.shape[0]
         h = c = None
         if hx is not None:
             if self.mode == "LSTM":
@@ -345,9 +346,13 @@ class RNNCellBase(Module):
                     raise ValueError(f"argument '{name}' must have shape {st}, got {np.shape(a)}")
             h = None if h is None else np.reshape(h, (B, self.hidden_size))
             c = None if c is None else np.reshape(c, (B, self.hidden_size))
+        return x, h, c, unbatched
+
+    def _run(self, input, hx, training):
+        x, h, c, unbatched = self._inputs(input, hx)
         bi = None if self.bias_ih is None else self.bias_ih.data
         bh = None if self.bias_hh is None else self.bias_hh.data
-        y, h_n, c_n, ctx = F._core.recurrent_forward(_KERNEL_MODE[self.mode], x, h, c, self.weight_ih.data,
+        y, h_n, c_n, ctx = F._core.recurrent_forward(_KERNEL_MODE[self.mode], x[None], h, c, self.weight_ih.data,
                                                      self.weight_hh.data, bi, bh, None, False, training)
         self._cache = (ctx, unbatched) if training else None
         if unbatched:
@@ -374,27 +379,13 @@ class RNNCellBase(Module):
     def step(self, input, hx=None):
         """One step for inference (streaming), nothing kept for backward.
 
-        The weights are blocked and packed once and reused while the parameters are
+        Uses its own product path (two GEMVs on packed weights), so results may differ from
+        a training-mode ``forward`` in the last bit. The weights are blocked and packed once and
+        reused while the parameters are
         unchanged (seqcore's optimizers, ``load_state_dict`` and assigning ``.data`` bump
         ``Parameter.version``; after editing ``.data`` in place call ``refresh()``).
         """
-        x = np.asarray(input)
-        unbatched = x.ndim == 1
-        if x.ndim not in (1, 2) or x.shape[-1] != self.input_size:
-            raise ValueError(f"argument 'input' must have shape (B, {self.input_size}) or "
-                             f"({self.input_size},), got {x.shape}")
-        h = c = None
-        if hx is not None:
-            if self.mode == "LSTM":
-                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                    raise ValueError("LSTMCell hx must be a tuple (h, c)")
-                h, c = hx
-            else:
-                h = hx
-        if unbatched:
-            x = x[None]
-            h = None if h is None else np.asarray(h)[None]
-            c = None if c is None else np.asarray(c)[None]
+        x, h, c, unbatched = self._inputs(input, hx)
         out = self._packed_weights().step(x, h, c)
         if unbatched:
             out = (out[0][0], out[1][0]) if self.mode == "LSTM" else out[0]
