@@ -81,5 +81,6 @@ void bind_dense(py::module_& m);
 void bind_activations(py::module_& m);
 void bind_recurrent(py::module_& m);
 void bind_training(py::module_& m);
+void bind_norm(py::module_& m);
 
 }  // namespace seqcore

@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   seqcore::bind_activations(m);
   seqcore::bind_recurrent(m);
   seqcore::bind_training(m);
+  seqcore::bind_norm(m);
 }

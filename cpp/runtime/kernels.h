@@ -110,6 +110,12 @@ struct KernelsT {
                                 double smoothing, T* loss, T* lse);
   void (*cross_entropy_backward)(const T* x, const int64_t* target, const T* lse, const T* row_scale, int64_t N,
                                  int64_t C, int64_t ignore_index, double smoothing, T* dx);
+  // ---- LayerNorm (cpp/ops/norm.h)
+  void (*layer_norm_forward)(const T* x, const T* w, const T* b, int64_t M, int64_t F, double eps, T* y, T* mean,
+                             T* rstd);
+  int64_t (*layer_norm_backward_work)(int64_t M, int64_t F);
+  void (*layer_norm_backward)(const T* dy, const T* x, const T* mean, const T* rstd, const T* w, int64_t M, int64_t F,
+                              T* dx, T* dw, T* db, T* work);
 };
 
 struct Kernels {

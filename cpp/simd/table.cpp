@@ -1,6 +1,7 @@
 // Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
 #include "gemm/gemm.h"
 #include "ops/activations.h"
+#include "ops/norm.h"
 #include "ops/optim.h"
 #include "ops/recurrent.h"
 #include "runtime/kernels.h"
@@ -38,6 +39,9 @@ template <class T> void fill(KernelsT<T>& k) {
   k.clamp_inplace = &clamp_inplace<T>;
   k.cross_entropy_forward = &cross_entropy_forward<T>;
   k.cross_entropy_backward = &cross_entropy_backward<T>;
+  k.layer_norm_forward = &layer_norm_forward<T>;
+  k.layer_norm_backward_work = &layer_norm_backward_work<T>;
+  k.layer_norm_backward = &layer_norm_backward<T>;
 }
 }  // namespace
 

@@ -15,6 +15,7 @@ __all__ = [
     "log_softmax", "log_softmax_backward",
     "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
     "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
+    "layer_norm", "layer_norm_backward",
 ]
 
 # ----------------------------------------------------------------------------- dense
@@ -342,3 +343,22 @@ def mse_loss_backward(dloss, input, target, reduction="mean"):
     if reduction == "mean":
         scale /= max(d.size, 1)
     return d * d.dtype.type(scale)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """LayerNorm over the trailing ``normalized_shape`` dims (PyTorch ``F.layer_norm``):
+    ``y = (x - mu) / sqrt(var + eps) * weight + bias`` with the mean and biased variance of
+    each row. Returns ``(y, ctx)``; ctx keeps x, the per-row mean and 1/std for backward."""
+    y, mean, rstd = _core.layer_norm(x, normalized_shape, weight, bias, eps)
+    return y, {"x": x, "mean": mean, "rstd": rstd, "normalized_shape": normalized_shape, "weight": weight,
+               "has_bias": bias is not None}
+
+
+def layer_norm_backward(ctx, dy):
+    """``dx = rstd (g - mean(g) - xhat mean(g xhat))`` with ``g = dy * weight``;
+    ``dweight = sum dy xhat``, ``dbias = sum dy`` over the leading dims (fixed-order sums).
+    Returns ``(dx, dweight or None, dbias or None)``."""
+    return _core.layer_norm_backward(dy, ctx["x"], ctx["mean"], ctx["rstd"], ctx["normalized_shape"],
+                                     ctx["weight"], ctx["weight"] is not None, ctx["has_bias"], True)

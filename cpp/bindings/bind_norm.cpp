@@ -1,0 +1,117 @@
+// LayerNorm bindings: x (*, F...) normalized over the trailing normalized_shape dims.
+#include <optional>
+#include <string>
+
+#include "bindings/common.h"
+
+namespace seqcore {
+namespace {
+
+Shape norm_shape(const py::object& ns) {
+  Shape s;
+  if (py::isinstance<py::int_>(ns)) {
+    s.push_back(ns.cast<int64_t>());
+  } else {
+    for (py::handle h : ns) s.push_back(py::reinterpret_borrow<py::object>(h).cast<int64_t>());
+  }
+  if (s.empty()) throw py::value_error("normalized_shape must not be empty");
+  for (auto d : s)
+    if (d < 1) throw py::value_error("normalized_shape entries must be >= 1, got " + shape_str(s));
+  return s;
+}
+
+// (M, F) view of x for normalized_shape; raises naming 'x' when the trailing dims differ.
+void rows_cols(const py::array& x, const Shape& ns, int64_t* M, int64_t* F) {
+  const int64_t nd = x.ndim(), k = int64_t(ns.size());
+  bool ok = nd >= k;
+  for (int64_t i = 0; ok && i < k; ++i) ok = x.shape(nd - k + i) == ns[i];
+  if (!ok) shape_error("x", "(*, " + shape_str(ns).substr(1), x);
+  *F = numel(ns);
+  *M = *F ? x.size() / *F : 0;
+}
+
+py::tuple layer_norm(const py::object& x_o, const py::object& ns_o, const py::object& w_o, const py::object& b_o,
+                     double eps) {
+  Shape ns = norm_shape(ns_o);
+  FloatType ft = common_float_type({{x_o, "x"}, {w_o, "weight"}, {b_o, "bias"}});
+  py::array x = as_float_array(x_o, "x", ft);
+  int64_t M, F;
+  rows_cols(x, ns, &M, &F);
+  std::optional<py::array> w, b;
+  if (!w_o.is_none()) { w = as_float_array(w_o, "weight", ft); check_shape(*w, "weight", ns); }
+  if (!b_o.is_none()) { b = as_float_array(b_o, "bias", ft); check_shape(*b, "bias", ns); }
+  Shape stat = shape_of(x);
+  stat.resize(stat.size() - ns.size());
+  return dispatch_float(ft, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array_t<T> y = make_out<T>(shape_of(x), py::none());
+    py::array_t<T> mean = make_out<T>(stat, py::none()), rstd = make_out<T>(stat, py::none());
+    const T* px = cptr<T>(x);
+    const T* pw = w ? cptr<T>(*w) : nullptr;
+    const T* pb = b ? cptr<T>(*b) : nullptr;
+    T* py_ = y.mutable_data();
+    T* pm = mean.mutable_data();
+    T* pr = rstd.mutable_data();
+    {
+      py::gil_scoped_release rel;
+      K<T>().layer_norm_forward(px, pw, pb, M, F, eps, py_, pm, pr);
+    }
+    return py::make_tuple(y, mean, rstd);
+  });
+}
+
+py::tuple layer_norm_backward(const py::object& dy_o, const py::object& x_o, const py::object& mean_o,
+                              const py::object& rstd_o, const py::object& ns_o, const py::object& w_o,
+                              bool need_weight, bool need_bias, bool need_input) {
+  Shape ns = norm_shape(ns_o);
+  FloatType ft = common_float_type({{dy_o, "dy"}, {x_o, "x"}, {w_o, "weight"}});
+  py::array dy = as_float_array(dy_o, "dy", ft), x = as_float_array(x_o, "x", ft);
+  check_shape(dy, "dy", shape_of(x));
+  int64_t M, F;
+  rows_cols(x, ns, &M, &F);
+  Shape stat = shape_of(x);
+  stat.resize(stat.size() - ns.size());
+  py::array mean = as_float_array(mean_o, "mean", ft), rstd = as_float_array(rstd_o, "rstd", ft);
+  check_shape(mean, "mean", stat);
+  check_shape(rstd, "rstd", stat);
+  std::optional<py::array> w;
+  if (!w_o.is_none()) { w = as_float_array(w_o, "weight", ft); check_shape(*w, "weight", ns); }
+  return dispatch_float(ft, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const auto& K_ = K<T>();
+    py::object dx = py::none(), dw = py::none(), db = py::none();
+    T *pdx = nullptr, *pdw = nullptr, *pdb = nullptr;
+    if (need_input) { py::array_t<T> a = make_out<T>(shape_of(x), py::none()); pdx = a.mutable_data(); dx = a; }
+    if (need_weight) { py::array_t<T> a = make_out<T>(ns, py::none()); pdw = a.mutable_data(); dw = a; }
+    if (need_bias) { py::array_t<T> a = make_out<T>(ns, py::none()); pdb = a.mutable_data(); db = a; }
+    const int64_t wsize = K_.layer_norm_backward_work(M, F) + 64;
+    check_alloc({wsize}, sizeof(T));
+    T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
+    const T* pdy = cptr<T>(dy);
+    const T* px = cptr<T>(x);
+    const T* pm = cptr<T>(mean);
+    const T* pr = cptr<T>(rstd);
+    const T* pw = w ? cptr<T>(*w) : nullptr;
+    {
+      py::gil_scoped_release rel;
+      if (M == 0) {
+        for (int64_t j = 0; j < F; ++j) { if (pdw) pdw[j] = T(0); if (pdb) pdb[j] = T(0); }
+      } else {
+        K_.layer_norm_backward(pdy, px, pm, pr, pw, M, F, pdx, pdw, pdb, work);
+      }
+    }
+    return py::make_tuple(dx, dw, db);
+  });
+}
+
+}  // namespace
+
+void bind_norm(py::module_& m) {
+  m.def("layer_norm", &layer_norm, py::arg("x"), py::arg("normalized_shape"), py::arg("weight") = py::none(),
+        py::arg("bias") = py::none(), py::arg("eps") = 1e-5);
+  m.def("layer_norm_backward", &layer_norm_backward, py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"),
+        py::arg("normalized_shape"), py::arg("weight") = py::none(), py::arg("need_weight") = true,
+        py::arg("need_bias") = true, py::arg("need_input") = true);
+}
+
+}  // namespace seqcore
