@@ -73,8 +73,9 @@ def linear_backward(dy, x, weight, need_bias=True):
         dx = dy\,W, \qquad dW = \sum_n dy_n^\top x_n, \qquad db = \sum_n dy_n
     """
     dy, x, weight = np.asarray(dy), np.asarray(x), np.asarray(weight)
-    dy2 = dy.reshape(-1, weight.shape[0])
-    x2 = x.reshape(-1, weight.shape[1])
+    rows = int(np.prod(x.shape[:-1]))  # not reshape(-1, ...): that fails for 0 features
+    dy2 = dy.reshape(rows, weight.shape[0])
+    x2 = x.reshape(rows, weight.shape[1])
     dx = np.matmul(dy, weight)
     dweight = dy2.T @ x2
     dbias = dy2.sum(axis=0) if need_bias else None
