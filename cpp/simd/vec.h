@@ -64,6 +64,9 @@ template <> struct Vec<float> {
     __m512i i = _mm512_cvtps_epi32(n);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(i, _mm512_set1_epi32(127)), 23));
   }
+  // v * 2^n for integral-valued n in [-300, 300], one rounding (subnormal results and
+  // overflow to inf included): vscalefps.
+  static inline R scale2(R v, R n) { return _mm512_scalef_ps(v, n); }
 };
 template <> struct Vec<double> {
   using T = double;
@@ -148,6 +151,13 @@ template <> struct Vec<float> {
     __m256i i = _mm256_cvtps_epi32(n);
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(i, _mm256_set1_epi32(127)), 23));
   }
+  // v * 2^n for integral-valued n in [-252, 254]: two exact power-of-two factors, so only
+  // the last product rounds (subnormal results and overflow to inf come out right).
+  static inline R scale2(R v, R n) {
+    R half = _mm256_mul_ps(n, _mm256_set1_ps(0.5f));
+    R n1 = _mm256_floor_ps(half);
+    return _mm256_mul_ps(_mm256_mul_ps(v, pow2i(n1)), pow2i(_mm256_sub_ps(n, n1)));
+  }
 };
 template <> struct Vec<double> {
   using T = double;
@@ -226,6 +236,10 @@ template <class TT> struct ScalarVec {
     float f;
     std::memcpy(&f, &bits, sizeof f);
     return f;
+  }
+  static inline R scale2(R v, R n) {
+    R n1 = std::floor(n * R(0.5));
+    return (v * pow2i(n1)) * pow2i(n - n1);
   }
 };
 template <> struct Vec<float> : ScalarVec<float> {};

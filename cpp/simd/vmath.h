@@ -19,13 +19,13 @@ inline typename V::R per_lane(typename V::R x, F f) {
   return V::load(buf);
 }
 
-// exp(x) = p * s1 * s2: n = round(x / ln2), r = x - n ln2 (two-constant Cody-Waite), e^r by
-// a degree-7 polynomial (Cephes expf) p, and 2^n split as s1 = 2^floor(n/2), s2 = 2^(n -
-// floor(n/2)) so results in the subnormal range and overflow to +inf come out right without
-// special cases. Keeping the parts lets callers apply a factor before the last scaling
-// (exp_mul), so m * e^x is accurate even where e^x alone would be subnormal.
+// exp(x) = p * 2^n: n = round(x / ln2), r = x - n ln2 (two-constant Cody-Waite), e^r by a
+// degree-7 polynomial (Cephes expf) p. The scaling by 2^n (Vec::scale2) rounds once, so
+// subnormal results and overflow to +inf come out right without special cases. Keeping
+// the parts lets callers apply a factor before the scaling (exp_mul), so m * e^x is
+// accurate even where e^x alone would be subnormal.
 struct ExpParts {
-  Vec<float>::R p, s1, s2;
+  Vec<float>::R p, n;
 };
 inline ExpParts exp_parts(Vec<float>::R x) {
   using V = Vec<float>;
@@ -40,17 +40,17 @@ inline ExpParts exp_parts(Vec<float>::R x) {
   p = V::fma(p, r, V::set1(1.6666665459E-1f));
   p = V::fma(p, r, V::set1(5.0000001201E-1f));
   p = V::fma(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
-  V::R half = V::mul(n, V::set1(0.5f));
-  V::R n1 = V::round(half);
-  n1 = V::select(V::gt(n1, half), V::sub(n1, V::set1(1.0f)), n1);  // floor(n/2)
-  return {p, V::pow2i(n1), V::pow2i(V::sub(n, n1))};
+  return {p, n};
+}
+// m * p * 2^n for the parts of e^x.
+inline Vec<float>::R exp_scale(const ExpParts& e, Vec<float>::R m) {
+  return Vec<float>::scale2(Vec<float>::mul(m, e.p), e.n);
 }
 
 // m * e^x with the binary scaling last. NaN in x gives NaN.
 inline Vec<float>::R exp_mul(Vec<float>::R x, Vec<float>::R m) {
   using V = Vec<float>;
-  ExpParts e = exp_parts(x);
-  V::R y = V::mul(V::mul(V::mul(m, e.p), e.s1), e.s2);
+  V::R y = exp_scale(exp_parts(x), m);
   return V::select(V::isnan(x), x, y);
 }
 
@@ -93,8 +93,8 @@ inline Vec<float>::R mul_sigmoid2(Vec<float>::R m, Vec<float>::R x, Vec<float>::
   V::R nlo = V::select(neg, xlo, V::sub(V::zero(), xlo));  // -|x| = x (x < 0) or -x
   ExpParts ep = exp_parts(na);
   V::R corr = V::add(V::set1(1.0f), nlo);
-  V::R e = V::mul(V::mul(V::mul(ep.p, corr), ep.s1), ep.s2);
-  V::R me = V::mul(V::mul(V::mul(V::mul(m, corr), ep.p), ep.s1), ep.s2);
+  V::R e = exp_scale(ep, corr);
+  V::R me = exp_scale(ep, V::mul(m, corr));
   V::R inv = V::div(V::set1(1.0f), V::add(V::set1(1.0f), e));
   V::R y = V::mul(V::select(neg, me, m), inv);
   y = V::select(V::lt(x, V::set1(-200.0f)), V::mul(m, V::zero()), y);
@@ -201,13 +201,14 @@ inline Vec<double>::R normal_cdf(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return 0.5 * std::erfc(-v * 0.70710678118654752440); });
 }
 
-// gelu(x) = x Phi(x); for x < 0 the factor x/2 joins before the final scaling.
+// gelu(x) = x Phi(x), one exp: for x < 0 the factor x/2 joins before the final scaling.
 inline Vec<float>::R gelu(Vec<float>::R x) {
   using V = Vec<float>;
   ErfcParts e = erfc_parts_normal(x);
-  V::R neg = exp_mul(e.s, V::mul(V::mul(V::set1(0.5f), x), e.coef));
-  V::R half_erfc = exp_mul(e.s, V::mul(V::set1(0.5f), e.coef));
-  V::R pos = V::mul(x, V::sub(V::set1(1.0f), half_erfc));
+  ExpParts ep = exp_parts(e.s);
+  V::R hc = V::mul(V::set1(0.5f), e.coef);
+  V::R neg = exp_scale(ep, V::mul(hc, x));
+  V::R pos = V::mul(x, V::sub(V::set1(1.0f), exp_scale(ep, hc)));
   V::R y = V::select(V::lt(x, V::zero()), neg, pos);
   y = V::select(V::lt(x, V::set1(-20.0f)), V::mul(x, V::zero()), y);  // |x Phi(x)| < 1e-87
   return V::select(V::isnan(x), x, y);
