@@ -259,35 +259,39 @@ def _ce_reduce(loss_rows, target_flat, ignore_index, reduction, out_shape):
     return (total / loss_rows.dtype.type(count)) if count else loss_rows.dtype.type(np.nan)
 
 
-def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0, return_lse=False):
     """Softmax cross-entropy fused with log-softmax (PyTorch ``F.cross_entropy``).
 
     logits (N, C) or (N, C, d1, ...) (or (C,) with a 0-d target); target integer class ids
     of shape (N,) / (N, d1, ...). Per element with lse = log sum_j exp(x_j):
     ``loss = (1 - e)(lse - x_t) + e (lse - mean_j x_j)`` (e = label_smoothing); targets equal
     to ``ignore_index`` give 0 and are not counted; ``reduction`` 'mean' (over counted
-    elements), 'sum' or 'none'.
+    elements), 'sum' or 'none'. ``return_lse=True`` also returns the per-row log-sum-exp,
+    which :func:`cross_entropy_backward` takes to skip recomputing it.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     x, t, shape = _ce_layout(logits, target)
-    loss_rows, _ = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
+    loss_rows, lse = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
     out = _ce_reduce(loss_rows, t, int(ignore_index), reduction, shape)
     if reduction == "none" and getattr(logits, "ndim", 2) == 1:
         out = out.reshape(())
-    return out
+    return (out, lse) if return_lse else out
 
 
-def cross_entropy_backward(dloss, logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def cross_entropy_backward(dloss, logits, target, ignore_index=-100, reduction="mean", label_smoothing=0.0,
+                           lse=None):
     """Gradient of :func:`cross_entropy` w.r.t. the logits:
     ``dx_j = s (softmax_j - (1 - e)[j = t] - e / C)`` per element, s = dloss (/count for
-    'mean'; per element for 'none'); 0 for ignored targets. Returns logits' shape."""
+    'mean'; per element for 'none'); 0 for ignored targets. Returns logits' shape. ``lse``:
+    the per-row log-sum-exp from ``cross_entropy(..., return_lse=True)`` (else recomputed)."""
     import numpy as np
 
     x, t, shape = _ce_layout(logits, target)
     xa = np.asarray(x)
     dt = xa.dtype if xa.dtype.kind == "f" else np.float64
-    _, lse = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
+    if lse is None:
+        _, lse = _core.cross_entropy_forward(x, t, int(ignore_index), float(label_smoothing))
     n = t.shape[0]
     valid = t != int(ignore_index)
     if reduction == "none":
