@@ -3,6 +3,8 @@ from seqcore import _core
 from seqcore._core import get_num_threads, set_num_threads, PackedMatrix
 from seqcore import functional, reference, nn
 from seqcore.functional import matmul, gemm
+from seqcore import init, monitor
+from seqcore.serialization import save, load
 
 __version__ = _core.info()["version"]
 

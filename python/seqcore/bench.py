@@ -27,6 +27,11 @@ How things are measured
   GIL in the copy -- and the bytes are summed). The **maximum** over the probes is used
   as "peak" for the fractions (the median is stored too). The FP64 peak is taken as half
   the FP32 one (half the lanes per FMA).
+* With more than one thread, every sample (and probe) is preceded by a 0.15 s pause and,
+  for short calls, one untimed call: idle thread pools spin after a call (OpenBLAS ~0.1 s)
+  and would otherwise slow down whichever library runs next on this 2-CPU machine.
+* CPU time used by *other* processes is measured per case (/proc/stat minus our own
+  CPU time); cases where it exceeds 0.2 CPUs are flagged (JSON ``load``, ⚠ in markdown).
 * Threads: for each count ``t``: ``threadpoolctl.threadpool_limits(t)`` (NumPy's BLAS and
   every OpenMP runtime), ``seqcore.set_num_threads(t)``, ``torch.set_num_threads(t)``.
 * Ratios ``seqcore/X`` are **speed** ratios, ``time_X / time_seqcore``: above 1 means
@@ -505,7 +510,8 @@ def _measure(case: Case, repeats: int, min_time: float, settle: float = 0.0) -> 
     if case.check and case.ref in names:
         results = {n: _as_array(case.contenders[n].call()) for n in names}
         ref = results[case.ref]
-        errors = {n: _rel_err(results[n], ref) for n in names if n != case.ref}
+        errors = {n: _rel_err(results[n], ref) for n in names
+                  if n != case.ref and results[n] is not None}
         del results, ref
     else:
         for n in names:
