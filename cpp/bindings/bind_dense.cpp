@@ -29,6 +29,11 @@ bool gemm_layout(const py::array& a, int64_t* ld, bool* trans) {
   const int nd = int(a.ndim());
   const int64_t r = a.shape(nd - 2), c = a.shape(nd - 1), isz = a.itemsize();
   const int64_t sr = a.strides(nd - 2), sc = a.strides(nd - 1);
+  if (r == 0 || c == 0) {  // nothing is read: any layout will do (NumPy gives such strides 0)
+    *trans = false;
+    *ld = std::max<int64_t>(c, 1);
+    return true;
+  }
   if ((sc == isz || c <= 1) && (r <= 1 || (sr > 0 && sr % isz == 0 && sr / isz >= c))) {
     *trans = false;
     *ld = r <= 1 ? std::max<int64_t>(c, 1) : sr / isz;
@@ -80,8 +85,8 @@ py::array matmul_impl(py::array a, py::array b, const py::object& out) {
   Shape oshape = batch;
   if (!a1) oshape.push_back(m);
   if (!b1) oshape.push_back(n);
-  int64_t ld_a, ld_b;
-  bool ta, tb;
+  int64_t ld_a = 1, ld_b = 1;
+  bool ta = false, tb = false;
   if (!gemm_layout(a, &ld_a, &ta)) { a = py::module_::import("numpy").attr("ascontiguousarray")(a); gemm_layout(a, &ld_a, &ta); }
   if (!gemm_layout(b, &ld_b, &tb)) { b = py::module_::import("numpy").attr("ascontiguousarray")(b); gemm_layout(b, &ld_b, &tb); }
   for (auto* arr : {&a, &b})
@@ -161,8 +166,8 @@ py::object gemm(const py::object& a_obj, const py::object& b_obj, const py::obje
   if (k != kb) shape_error("b", trans_b ? "(n, " + std::to_string(k) + ")" : "(" + std::to_string(k) + ", n)", b);
   if (c.shape(0) != m || c.shape(1) != n) shape_error("c", shape_str({m, n}), c);
   if (memory_overlaps(c, a) || memory_overlaps(c, b)) throw py::value_error("gemm: 'c' must not share memory with 'a' or 'b'");
-  int64_t lda, ldb;
-  bool la, lb;
+  int64_t lda = 1, ldb = 1;
+  bool la = false, lb = false;
   if (!gemm_layout(a, &lda, &la)) { a = py::module_::import("numpy").attr("ascontiguousarray")(a); gemm_layout(a, &lda, &la); }
   if (!gemm_layout(b, &ldb, &lb)) { b = py::module_::import("numpy").attr("ascontiguousarray")(b); gemm_layout(b, &ldb, &lb); }
   const int64_t ldc = c.shape(0) > 1 ? c.strides(0) / isz : std::max<int64_t>(n, 1);
