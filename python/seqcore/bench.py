@@ -942,3 +942,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# Suites of the later issues (recurrent, layernorm, optimizers, losses) register themselves.
+from seqcore import bench_suites as _bench_suites  # noqa: E402,F401

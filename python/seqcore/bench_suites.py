@@ -230,7 +230,7 @@ def suite_optim(cfg):
     con = {"seqcore": Contender(sc_clip, "optim.clip_grad_norm_ over 100 arrays (one C++ call)"),
            "numpy": Contender(lambda: R.clip_grad_norm(grads, 1e9), "reference.clip_grad_norm")}
     if torch is not None:
-        tgs = [torch.nn.Parameter(torch.zeros(1)) for _ in grads]
+        tgs = [torch.nn.Parameter(torch.zeros(g.shape)) for g in grads]
         for tp, g in zip(tgs, grads):
             tp.grad = torch.from_numpy(g)
         con["torch"] = Contender(lambda: float(torch.nn.utils.clip_grad_norm_(tgs, 1e9, foreach=True)),
