@@ -232,11 +232,12 @@ py::tuple ce_forward(const py::object& x_o, const py::object& t_o, int64_t ignor
   CeInputs c = ce_inputs(x_o, t_o, ignore_index);
   return dispatch_float(c.ft, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array_t<T> loss = make_out<T>({c.N}, py::none()), lse = make_out<T>({c.N}, py::none());
+    py::array_t<T> loss = make_out<T>({c.N}, py::none());
+    py::array_t<double> lse = make_out<double>({c.N}, py::none());  // float64 for any T
     const T* px = cptr<T>(c.x);
     const int64_t* pt = static_cast<const int64_t*>(c.t.data());
     T* pl = loss.mutable_data();
-    T* pe = lse.mutable_data();
+    double* pe = lse.mutable_data();
     {
       py::gil_scoped_release rel;
       K<T>().cross_entropy_forward(px, pt, c.N, c.C, ignore_index, smoothing, pl, pe);
@@ -248,7 +249,7 @@ py::tuple ce_forward(const py::object& x_o, const py::object& t_o, int64_t ignor
 py::array ce_backward(const py::object& x_o, const py::object& t_o, const py::object& lse_o, const py::object& s_o,
                       int64_t ignore_index, double smoothing) {
   CeInputs c = ce_inputs(x_o, t_o, ignore_index);
-  py::array lse = as_float_array(lse_o, "lse", c.ft), sc = as_float_array(s_o, "row_scale", c.ft);
+  py::array lse = as_float_array(lse_o, "lse", FloatType::f64), sc = as_float_array(s_o, "row_scale", c.ft);
   check_shape(lse, "lse", {c.N});
   check_shape(sc, "row_scale", {c.N});
   return dispatch_float(c.ft, [&](auto tag) -> py::array {
@@ -256,7 +257,7 @@ py::array ce_backward(const py::object& x_o, const py::object& t_o, const py::ob
     py::array_t<T> dx = make_out<T>({c.N, c.C}, py::none());
     const T* px = cptr<T>(c.x);
     const int64_t* pt = static_cast<const int64_t*>(c.t.data());
-    const T* pe = cptr<T>(lse);
+    const double* pe = cptr<double>(lse);
     const T* ps = cptr<T>(sc);
     T* pd = dx.mutable_data();
     {

@@ -213,14 +213,14 @@ template <class T> void clamp_inplace(T* x, int64_t n, T lo, T hi) {
 // lse 0. Returns nothing; the binding reduces in a fixed order.
 template <class T>
 void cross_entropy_forward(const T* x, const int64_t* target, int64_t N, int64_t C, int64_t ignore_index,
-                           double smoothing, T* loss, T* lse) {
+                           double smoothing, T* loss, double* lse) {
   using V = Vec<T>;
   constexpr int W = V::W;
 #pragma omp parallel for num_threads(pool_threads(N * C / kChunk + 1)) schedule(static)
   for (int64_t i = 0; i < N; ++i) {
     const T* row = x + i * C;
     const int64_t t = target[i];
-    if (t == ignore_index) { loss[i] = T(0); lse[i] = T(0); continue; }
+    if (t == ignore_index) { loss[i] = T(0); lse[i] = 0.0; continue; }
     auto vm_ = V::set1(-std::numeric_limits<T>::infinity());
     int64_t j = 0;
     for (; j + W <= C; j += W) vm_ = V::max(V::load(row + j), vm_);
@@ -236,13 +236,13 @@ void cross_entropy_forward(const T* x, const int64_t* target, int64_t N, int64_t
     double sum_e = double(V::reduce_add(se)), sum_x = double(V::reduce_add(sx));
     for (; j < C; ++j) { sum_e += std::exp(double(row[j] - mx)); sum_x += double(row[j]); }
     const double l = double(mx) + std::log(sum_e);
-    lse[i] = T(l);
+    lse[i] = l;  // double: a float lse of ~1e4 would be off by 5e-4, and so would softmax
     loss[i] = T((1 - smoothing) * (l - double(row[t])) + smoothing * (l - sum_x / double(C)));
   }
 }
 
 template <class T>
-void cross_entropy_backward(const T* x, const int64_t* target, const T* lse, const T* row_scale, int64_t N,
+void cross_entropy_backward(const T* x, const int64_t* target, const double* lse, const T* row_scale, int64_t N,
                             int64_t C, int64_t ignore_index, double smoothing, T* dx) {
   using V = Vec<T>;
   constexpr int W = V::W;
@@ -252,10 +252,18 @@ void cross_entropy_backward(const T* x, const int64_t* target, const T* lse, con
     T* d = dx + i * C;
     const int64_t t = target[i];
     if (t == ignore_index || row_scale[i] == T(0)) { std::memset(d, 0, size_t(C) * sizeof(T)); continue; }
-    const auto sc = V::set1(row_scale[i]), l = V::set1(lse[i]), off = V::set1(T(smoothing / double(C)));
-    for (int64_t j = 0; j < C; j += W) {
+    // softmax = exp((x - m) - (lse - m)) with the row max m: x - m is exact where it matters
+    // and lse - m (= log sum exp(x - m), small) is formed in double.
+    auto vm_ = V::set1(-std::numeric_limits<T>::infinity());
+    int64_t j = 0;
+    for (; j + W <= C; j += W) vm_ = V::max(V::load(row + j), vm_);
+    T mx = V::reduce_max(vm_);
+    for (; j < C; ++j) mx = row[j] > mx ? row[j] : mx;
+    const auto vmx = V::set1(mx), l = V::set1(T(lse[i] - double(mx)));
+    const auto sc = V::set1(row_scale[i]), off = V::set1(T(smoothing / double(C)));
+    for (j = 0; j < C; j += W) {
       const int cnt = int(std::min<int64_t>(W, C - j));
-      auto pr = vm::exp(V::sub(V::load_n(row + j, cnt), l));
+      auto pr = vm::exp(V::sub(V::sub(V::load_n(row + j, cnt), vmx), l));
       V::store_n(d + j, V::mul(sc, V::sub(pr, off)), cnt);
     }
     d[t] -= row_scale[i] * T(1 - smoothing);
@@ -269,8 +277,8 @@ void cross_entropy_backward(const T* x, const int64_t* target, const T* lse, con
   template void norm_partials<T>(const T* const*, const int64_t*, int64_t, double, double*);              \
   template void scale_inplace<T>(T*, int64_t, T);                                                         \
   template void clamp_inplace<T>(T*, int64_t, T, T);                                                      \
-  template void cross_entropy_forward<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, double, T*, T*); \
-  template void cross_entropy_backward<T>(const T*, const int64_t*, const T*, const T*, int64_t, int64_t, int64_t, double, T*);
+  template void cross_entropy_forward<T>(const T*, const int64_t*, int64_t, int64_t, int64_t, double, T*, double*); \
+  template void cross_entropy_backward<T>(const T*, const int64_t*, const double*, const T*, int64_t, int64_t, int64_t, double, T*);
 SEQCORE_INSTANTIATE(float)
 SEQCORE_INSTANTIATE(double)
 #undef SEQCORE_INSTANTIATE

@@ -16,9 +16,9 @@ template <class T> void scale_inplace(T* x, int64_t n, T s);
 template <class T> void clamp_inplace(T* x, int64_t n, T lo, T hi);
 template <class T>
 void cross_entropy_forward(const T* x, const int64_t* target, int64_t N, int64_t C, int64_t ignore_index,
-                           double smoothing, T* loss, T* lse);
+                           double smoothing, T* loss, double* lse);
 template <class T>
-void cross_entropy_backward(const T* x, const int64_t* target, const T* lse, const T* row_scale, int64_t N,
+void cross_entropy_backward(const T* x, const int64_t* target, const double* lse, const T* row_scale, int64_t N,
                             int64_t C, int64_t ignore_index, double smoothing, T* dx);
 
 }  // namespace SEQCORE_ISA

@@ -107,8 +107,8 @@ struct KernelsT {
   void (*scale_inplace)(T* x, int64_t n, T s);
   void (*clamp_inplace)(T* x, int64_t n, T lo, T hi);
   void (*cross_entropy_forward)(const T* x, const int64_t* target, int64_t N, int64_t C, int64_t ignore_index,
-                                double smoothing, T* loss, T* lse);
-  void (*cross_entropy_backward)(const T* x, const int64_t* target, const T* lse, const T* row_scale, int64_t N,
+                                double smoothing, T* loss, double* lse);
+  void (*cross_entropy_backward)(const T* x, const int64_t* target, const double* lse, const T* row_scale, int64_t N,
                                  int64_t C, int64_t ignore_index, double smoothing, T* dx);
   // ---- LayerNorm (cpp/ops/norm.h)
   void (*layer_norm_forward)(const T* x, const T* w, const T* b, int64_t M, int64_t F, double eps, T* y, T* mean,

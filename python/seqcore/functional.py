@@ -266,8 +266,8 @@ def cross_entropy(logits, target, ignore_index=-100, reduction="mean", label_smo
     of shape (N,) / (N, d1, ...). Per element with lse = log sum_j exp(x_j):
     ``loss = (1 - e)(lse - x_t) + e (lse - mean_j x_j)`` (e = label_smoothing); targets equal
     to ``ignore_index`` give 0 and are not counted; ``reduction`` 'mean' (over counted
-    elements), 'sum' or 'none'. ``return_lse=True`` also returns the per-row log-sum-exp,
-    which :func:`cross_entropy_backward` takes to skip recomputing it.
+    elements), 'sum' or 'none'. ``return_lse=True`` also returns the per-row log-sum-exp
+    (float64, one per row), which :func:`cross_entropy_backward` takes to skip recomputing it.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")

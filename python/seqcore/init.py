@@ -11,7 +11,6 @@ weight ``(O, I)``: fan_in = I, fan_out = O; an RNN ``weight_ih`` ``(G*H, I)``: f
 The distributions themselves are the NumPy twins of :mod:`seqcore.reference.init`; the
 random streams differ from PyTorch's (NumPy generator), the distributions do not.
 """
-import math
 
 import numpy as np
 
@@ -52,7 +51,10 @@ def _fill(t, values):
     arr = _target(t)
     arr[...] = values
     if isinstance(t, Parameter):
-        t.data = arr
+        if arr.ndim:
+            t.data = arr
+        else:  # the .data setter would turn a 0-d array into shape (1,)
+            t.version += 1
     return t
 
 

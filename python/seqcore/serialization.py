@@ -6,19 +6,21 @@ values: NumPy arrays (any non-object dtype) and NumPy scalars, ``int``, ``float`
 ``str``, ``None``, and dicts (str or int keys), lists and tuples of these. Anything else raises
 ``TypeError`` (nothing is ever pickled).
 
+Dict types are kept (an ``OrderedDict`` such as ``Module.state_dict()`` comes back as one).
 File layout: every array is stored as its own ``.npy`` member named by its path of keys
 joined with ``/`` (``model/lstm.weight_ih_l0``, ``optimizer/state/0/exp_avg``), so the model's
 PyTorch names are kept under the ``model/`` prefix and the file opens with plain
 ``numpy.load``. One more member, ``__seqcore_checkpoint__``, holds the JSON structure: the
 container types (dict/list/tuple, int or str keys, order) and the plain values. Writing is
 atomic: a temporary file in the same directory, flushed and fsync'ed, then ``os.replace``.
-On load, a truncated or corrupted file (the zip CRCs are checked) raises ``ValueError``
-naming the file.
+On load, a truncated or corrupted file raises ``ValueError`` naming the file: every member's
+CRC-32 is checked, so damaged content never loads silently (damage confined to zip metadata
+that is not used, such as timestamps, loads the intact content).
 """
 import json
 import os
 import tempfile
-import zipfile
+from collections import OrderedDict
 
 import numpy as np
 
@@ -70,7 +72,7 @@ class _Writer:
                                     f"at {'/'.join(map(str, path)) or 'obj'}")
                 keys.append(["s", k] if isinstance(k, str) else ["i", int(k)])
                 items.append(self.node(x, path + [str(k)]))
-            return {"t": "dict", "keys": keys, "items": items}
+            return {"t": "odict" if isinstance(v, OrderedDict) else "dict", "keys": keys, "items": items}
         if isinstance(v, (list, tuple)):
             return {"t": "tuple" if isinstance(v, tuple) else "list",
                     "items": [self.node(x, path + [str(i)]) for i, x in enumerate(v)]}
@@ -139,8 +141,11 @@ class _Reader:
             return int(n["v"])
         if t == "float":
             return float.fromhex(n["v"])
-        if t == "dict":
-            return {(k if kind == "s" else int(k)): self.node(x) for (kind, k), x in zip(n["keys"], n["items"])}
+        if t in ("dict", "odict"):
+            d = OrderedDict() if t == "odict" else {}
+            for (kind, k), x in zip(n["keys"], n["items"]):
+                d[k if kind == "s" else int(k)] = self.node(x)
+            return d
         if t in ("list", "tuple"):
             items = [self.node(x) for x in n["items"]]
             return tuple(items) if t == "tuple" else items
@@ -153,18 +158,24 @@ def load(path):
     Never unpickles. A truncated, corrupted or foreign file raises ``ValueError`` naming it;
     a missing file raises ``FileNotFoundError``."""
     path = os.fspath(path)
-    with open(path, "rb"):  # FileNotFoundError / PermissionError as they are
-        pass
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if _META not in npz.files:
-                raise ValueError(f"no {_META} member (not written by seqcore.save)")
-            meta = json.loads(bytes(npz[_META]).decode("utf-8"))
-            if meta.get("format") != _FORMAT:
-                raise ValueError(f"unknown format {meta.get('format')!r}")
-            if meta.get("version") != _VERSION:
-                raise ValueError(f"unsupported checkpoint version {meta.get('version')!r}")
-            return _Reader(npz, path).node(meta["tree"])
-    except Exception as e:  # BadZipFile (bad CRC, truncated), zlib/format errors, malformed JSON, ...
-        raise ValueError(f"{path}: not a readable seqcore checkpoint (truncated or corrupted?): "
-                         f"{type(e).__name__}: {e}") from e
+    with open(path, "rb") as f:  # FileNotFoundError / PermissionError propagate as they are
+        try:
+            return _load(f, path)
+        except Exception as e:  # BadZipFile (bad CRC, truncated), zlib/format errors, bad JSON, ...
+            raise ValueError(f"{path}: not a readable seqcore checkpoint (truncated or corrupted?): "
+                             f"{type(e).__name__}: {e}") from e
+
+
+def _load(f, path):
+    npz = np.load(f, allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive")
+    with npz:
+        if _META not in npz.files:
+            raise ValueError(f"no {_META} member (not written by seqcore.save)")
+        meta = json.loads(bytes(npz[_META]).decode("utf-8"))
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"unknown format {meta.get('format')!r}")
+        if meta.get("version") != _VERSION:
+            raise ValueError(f"unsupported checkpoint version {meta.get('version')!r}")
+        return _Reader(npz, path).node(meta["tree"])

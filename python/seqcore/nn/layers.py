@@ -274,13 +274,15 @@ class CrossEntropyLoss(Module):
         self._cache = None
 
     def forward(self, input, target):
-        loss = F.cross_entropy(input, target, self.ignore_index, self.reduction, self.label_smoothing)
-        self._cache = (input, target)
+        loss, lse = F.cross_entropy(input, target, self.ignore_index, self.reduction, self.label_smoothing,
+                                    return_lse=True)
+        self._cache = (input, target, lse)
         return loss
 
     def backward(self, dloss=1.0):
-        x, t = _cached(self)
-        return F.cross_entropy_backward(dloss, x, t, self.ignore_index, self.reduction, self.label_smoothing)
+        x, t, lse = _cached(self)
+        return F.cross_entropy_backward(dloss, x, t, self.ignore_index, self.reduction, self.label_smoothing,
+                                        lse=lse)
 
 
 class MSELoss(Module):
@@ -386,18 +388,19 @@ class BatchNorm1d(Module):
         if x.ndim not in (2, 3) or x.shape[1] != self.num_features:
             raise ValueError(f"argument 'input' must have shape (N, {self.num_features}) or "
                              f"(N, {self.num_features}, L), got {x.shape}")
-        use_batch = self.training or not self.track_running_stats
+        use_batch = self.training or not self.track_running_stats  # normalize by batch statistics
+        if use_batch and x.size // self.num_features <= 1:
+            raise ValueError(f"BatchNorm1d: expected more than 1 value per channel when training, got input of "
+                             f"shape {x.shape}")
+        track = self.training and self.track_running_stats  # update the running statistics
         m = 0.0
-        if self.training and self.track_running_stats:
-            n = x.size // self.num_features
-            if n > 1:  # else the twin raises below, before any state changes
-                self.num_batches_tracked += 1
+        if track:
+            self.num_batches_tracked += 1
             m = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
-        track = self.training and self.track_running_stats
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        y, ctx = _norm_twin.batch_norm(x, self.running_mean if track or not use_batch else None,
-                                       self.running_var if track or not use_batch else None,
+        stats = track or not use_batch
+        y, ctx = _norm_twin.batch_norm(x, self.running_mean if stats else None, self.running_var if stats else None,
                                        w, b, training=use_batch, momentum=m, eps=self.eps)
         self._cache = ctx
         return y

@@ -145,7 +145,7 @@ class Adam(Optimizer):
             st["exp_avg_sq"] = np.zeros_like(p.data)
             if g["amsgrad"]:
                 st["max_exp_avg_sq"] = np.zeros_like(p.data)
-        st["step"] += 1
+        st["step"] = int(st["step"]) + 1  # a PyTorch state_dict stores it as a float tensor
         b1, b2 = g["betas"]
         _core.adam_step(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq"), st["step"],
                         g["lr"], b1, b2, g["eps"], g["weight_decay"], g["amsgrad"], self._decoupled,
@@ -182,7 +182,7 @@ class RMSprop(Optimizer):
                 st["momentum_buffer"] = np.zeros_like(p.data)
             if g["centered"]:
                 st["grad_avg"] = np.zeros_like(p.data)
-        st["step"] += 1
+        st["step"] = int(st["step"]) + 1
         _core.rmsprop_step(p.data, p.grad, st["square_avg"], st.get("grad_avg"), st.get("momentum_buffer"),
                            g["lr"], g["alpha"], g["eps"], g["weight_decay"], g["momentum"], g["centered"],
                            g["maximize"])
