@@ -31,7 +31,7 @@ class Parameter:
 
     @data.setter
     def data(self, value):
-        arr = np.ascontiguousarray(value)
+        arr = np.asarray(value, order="C")  # keeps 0-d shapes (ascontiguousarray would not)
         if arr.shape != self._data.shape:
             self.grad = np.zeros_like(arr)
         self._data = arr
