@@ -82,5 +82,6 @@ void bind_activations(py::module_& m);
 void bind_recurrent(py::module_& m);
 void bind_training(py::module_& m);
 void bind_norm(py::module_& m);
+void bind_attention(py::module_& m);
 
 }  // namespace seqcore

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   seqcore::bind_recurrent(m);
   seqcore::bind_training(m);
   seqcore::bind_norm(m);
+  seqcore::bind_attention(m);
 }

@@ -62,6 +62,46 @@ struct RmspropHyper {
   bool centered, maximize;
 };
 
+// ---- attention (cpp/ops/attention.h has the formulas and the algorithm)
+// Where a head's rows live: head h's row i starts at base + off[h] + i * rs (elements); the
+// last dim is contiguous.
+struct AttnLayout {
+  const int64_t* off = nullptr;  // (BH)
+  int64_t rs = 0;
+};
+// keep_u8: nonzero = may attend; block_u8: nonzero = masked out; add: T added to the score.
+enum class MaskKind : int { none = 0, keep_u8, block_u8, add };
+struct AttnMask {
+  MaskKind kind = MaskKind::none;
+  const void* base = nullptr;    // uint8_t or T
+  const int64_t* off = nullptr;  // (BH) offset of each head's (L, S) mask
+  int64_t rs = 0;                // query-row stride (0: one row for every query); key stride 1
+};
+struct AttnShape {
+  int64_t BH, L, S, D, Dv;
+  double scale;
+  bool causal;        // keep j <= i (top-left aligned)
+  double dropout_p;   // in [0, 1); 0: none
+  uint64_t seed;
+};
+template <class T>
+struct AttnForwardArgs {
+  const T *q = nullptr, *k = nullptr, *v = nullptr;
+  AttnLayout ql, kl, vl;
+  AttnMask m1, m2;  // combined: both apply
+  T* out = nullptr;
+  AttnLayout ol;
+  T* lse = nullptr;  // (BH, L) or null (inference)
+};
+template <class T>
+struct AttnBackwardArgs {
+  const T *q = nullptr, *k = nullptr, *v = nullptr, *out = nullptr, *dout = nullptr, *lse = nullptr;
+  AttnLayout ql, kl, vl, ol, dol;
+  AttnMask m1, m2;
+  T *dq = nullptr, *dk = nullptr, *dv = nullptr;  // written
+  AttnLayout dql, dkl, dvl;
+};
+
 template <class T>
 struct KernelsT {
   // ---- GEMM: C = alpha * op(A) op(B) + beta * C, then the epilogue (bias, activation).
@@ -116,6 +156,10 @@ struct KernelsT {
   int64_t (*layer_norm_backward_work)(int64_t M, int64_t F);
   void (*layer_norm_backward)(const T* dy, const T* x, const T* mean, const T* rstd, const T* w, int64_t M, int64_t F,
                               T* dx, T* dw, T* db, T* work);
+  // ---- attention (cpp/ops/attention.h)
+  void (*attention_forward)(const AttnShape& s, const AttnForwardArgs<T>& a);
+  void (*attention_backward)(const AttnShape& s, const AttnBackwardArgs<T>& a);
+  void (*attention_probs)(const AttnShape& s, const AttnForwardArgs<T>& a, T* probs);
 };
 
 struct Kernels {

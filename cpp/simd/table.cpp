@@ -1,5 +1,6 @@
 // Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
 #include "gemm/gemm.h"
+#include "ops/attention.h"
 #include "ops/activations.h"
 #include "ops/norm.h"
 #include "ops/optim.h"
@@ -42,6 +43,9 @@ template <class T> void fill(KernelsT<T>& k) {
   k.layer_norm_forward = &layer_norm_forward<T>;
   k.layer_norm_backward_work = &layer_norm_backward_work<T>;
   k.layer_norm_backward = &layer_norm_backward<T>;
+  k.attention_forward = &attention_forward<T>;
+  k.attention_backward = &attention_backward<T>;
+  k.attention_probs = &attention_probs<T>;
 }
 }  // namespace
 

@@ -46,7 +46,7 @@ def _masked_scores(q, k, scale, keep=None, add=None):
 
 def _softmax_rows(s):
     """Row softmax over the last axis; rows that are entirely -inf give zeros."""
-    m = np.max(s, axis=-1, keepdims=True)
+    m = np.max(s, axis=-1, keepdims=True, initial=-np.inf)
     p = np.exp(s - np.where(np.isfinite(m), m, 0))
     den = np.sum(p, axis=-1, keepdims=True)
     return p / np.where(den == 0, 1, den)
