@@ -83,5 +83,6 @@ void bind_recurrent(py::module_& m);
 void bind_training(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_attention(py::module_& m);
+void bind_layers(py::module_& m);
 
 }  // namespace seqcore

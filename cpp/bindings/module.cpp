@@ -19,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   seqcore::bind_training(m);
   seqcore::bind_norm(m);
   seqcore::bind_attention(m);
+  seqcore::bind_layers(m);
 }

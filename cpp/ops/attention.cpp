@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 
+#include "simd/dropout.h"
 #include "simd/vec.h"
 #include "simd/vmath.h"
 #include "simd/workspace.h"
@@ -337,6 +338,7 @@ void forward_tile(const AttnShape& s, const AttnForwardArgs<T>& a, const FwdHead
   const T c = T(s.scale * kLog2e);  // scores in base-2 units
   const T ninf = -std::numeric_limits<T>::infinity();
   const bool no_masks = a.m1.kind == MaskKind::none && a.m2.kind == MaskKind::none && c > T(0);
+  const Dropout drop = make_dropout(s.dropout_p, s.seed);
   T* buf = tls_block.get<T>(size_t(kBr * Bc + kBr * Dvp + 2 * kBr + 16));
   T* st = buf;                 // (Br, Bc) scores, then probabilities
   T* o = st + kBr * Bc;        // (Br, Dvp) output accumulator
@@ -360,6 +362,7 @@ void forward_tile(const AttnShape& s, const AttnForwardArgs<T>& a, const FwdHead
       const T mx = plain ? scores_max_plain<T>(sr, nb, c)
                          : scores_row<T>(sr, nb, valid, c, mask_row<T>(a.m1, h, i), mask_row<T>(a.m2, h, i), j0);
       const auto vc = V::set1(plain ? c : T(1));
+      const uint32_t key = drop.on ? row_key(drop.seed, h, s.L, i) : 0u;
       if (probs_only) {
         // probabilities from the final lse (row i of probs, keys j0..)
         const T l = a.lse[h * s.L + i];
@@ -367,7 +370,9 @@ void forward_tile(const AttnShape& s, const AttnForwardArgs<T>& a, const FwdHead
         const auto vl = V::set1(l == ninf ? std::numeric_limits<T>::infinity() : T(l * kLog2e));
         for (int64_t j = 0; j < nb; j += W) {
           const int cnt = int(std::min<int64_t>(W, nb - j));
-          V::store_n(pr + j, exp2_nonpos(V::fnma(vl, V::set1(T(1)), V::mul(V::load(sr + j), vc))), cnt);
+          auto p = exp2_nonpos(V::fnma(vl, V::set1(T(1)), V::mul(V::load(sr + j), vc)));
+          if (drop.on) p = V::mul(p, dropout_mult<V>(drop, key, j0 + j));
+          V::store_n(pr + j, p, cnt);
         }
         continue;
       }
@@ -383,17 +388,22 @@ void forward_tile(const AttnShape& s, const AttnForwardArgs<T>& a, const FwdHead
       for (; j + 2 * W <= nb; j += 2 * W) {
         auto p0 = exp2_nonpos(V::fma(V::load(sr + j), vc, vmn));
         auto p1 = exp2_nonpos(V::fma(V::load(sr + j + W), vc, vmn));
-        V::store(sr + j, p0);
-        V::store(sr + j + W, p1);
         sum0 = V::add(sum0, p0);
         sum1 = V::add(sum1, p1);
+        if (drop.on) {  // the sum is over p; the product with v uses the dropped p
+          p0 = V::mul(p0, dropout_mult<V>(drop, key, j0 + j));
+          p1 = V::mul(p1, dropout_mult<V>(drop, key, j0 + j + W));
+        }
+        V::store(sr + j, p0);
+        V::store(sr + j + W, p1);
       }
       for (; j < nb; j += W) {
         const int cnt = int(std::min<int64_t>(W, nb - j));
         auto p = exp2_nonpos(V::fma(V::load(sr + j), vc, vmn));
         if (cnt < W) p = V::select(first_lanes<V>(cnt), p, V::zero());
-        V::store(sr + j, p);
         sum0 = V::add(sum0, p);
+        if (drop.on) p = V::mul(p, dropout_mult<V>(drop, key, j0 + j));
+        V::store(sr + j, p);
       }
       lrun[r] = lrun[r] * alpha + V::reduce_add(V::add(sum0, sum1));
       mrun[r] = mnew;
@@ -523,6 +533,7 @@ void backward_chunk(const AttnShape& s, const AttnBackwardArgs<T>& a, const BwdH
   const int64_t kb0 = nkb * chunk / nch, kb1 = nkb * (chunk + 1) / nch;
   const T scale = T(s.scale), c = T(s.scale * kLog2e);
   const bool no_masks = a.m1.kind == MaskKind::none && a.m2.kind == MaskKind::none;
+  const Dropout drop = make_dropout(s.dropout_p, s.seed);
   std::memset(dqp, 0, size_t(s.L * Dp) * sizeof(T));
   T* buf = tls_block.get<T>(size_t(2 * kBr * Bc + Bc * (Dp + Dvp) + 16));
   T* st = buf;                // (Br, Bc) scores -> p
@@ -548,11 +559,23 @@ void backward_chunk(const AttnShape& s, const AttnBackwardArgs<T>& a, const BwdH
         if (!plain) scores_row<T>(sr, nb, valid, c, mask_row<T>(a.m1, h, i), mask_row<T>(a.m2, h, i), j0);
         const auto vc = V::set1(plain ? c : T(1));
         const auto vl = V::set1(-hd.lse2[i]), vd = V::set1(hd.di[i]), vs = V::set1(scale);
+        if (!drop.on) {
+          for (int64_t j = 0; j < nbp; j += W) {
+            auto p = exp2_nonpos(V::fma(V::load(sr + j), vc, vl));
+            if (j + W > nb) p = V::select(first_lanes<V>(int(std::max<int64_t>(0, nb - j))), p, V::zero());
+            V::store(sr + j, p);
+            V::store(dr + j, V::mul(V::mul(p, V::sub(V::load(dr + j), vd)), vs));
+          }
+          continue;
+        }
+        // dropout: dv takes the dropped p~ = p m; ds = p (dp~ m - Di)
+        const uint32_t key = row_key(drop.seed, h, s.L, i);
         for (int64_t j = 0; j < nbp; j += W) {
           auto p = exp2_nonpos(V::fma(V::load(sr + j), vc, vl));
           if (j + W > nb) p = V::select(first_lanes<V>(int(std::max<int64_t>(0, nb - j))), p, V::zero());
-          V::store(sr + j, p);
-          V::store(dr + j, V::mul(V::mul(p, V::sub(V::load(dr + j), vd)), vs));
+          const auto m = dropout_mult<V>(drop, key, j0 + j);
+          V::store(sr + j, V::mul(p, m));
+          V::store(dr + j, V::mul(V::mul(p, V::fnma(vd, V::set1(T(1)), V::mul(V::load(dr + j), m))), vs));
         }
       }
       // dv (nb, Dvp) += p^T dout;  dk (nb, Dp) += ds^T q;  dq (mb, Dp) += ds k

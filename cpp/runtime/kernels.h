@@ -160,6 +160,11 @@ struct KernelsT {
   void (*attention_forward)(const AttnShape& s, const AttnForwardArgs<T>& a);
   void (*attention_backward)(const AttnShape& s, const AttnBackwardArgs<T>& a);
   void (*attention_probs)(const AttnShape& s, const AttnForwardArgs<T>& a, T* probs);
+  // ---- embedding, dropout (cpp/ops/layers.h)
+  void (*embedding_forward)(const int64_t* ids, int64_t N, const T* w, int64_t E, T* y);
+  void (*embedding_backward)(const int64_t* ids, int64_t N, const T* dy, int64_t E, int64_t V, int64_t padding_idx,
+                             T* dw);
+  void (*dropout_apply)(const T* x, int64_t n, double p, uint64_t seed, T* y);
 };
 
 struct Kernels {

@@ -1,6 +1,7 @@
 // Fills this ISA's dispatch table (compiled once per ISA like every kernel source).
 #include "gemm/gemm.h"
 #include "ops/attention.h"
+#include "ops/layers.h"
 #include "ops/activations.h"
 #include "ops/norm.h"
 #include "ops/optim.h"
@@ -46,6 +47,9 @@ template <class T> void fill(KernelsT<T>& k) {
   k.attention_forward = &attention_forward<T>;
   k.attention_backward = &attention_backward<T>;
   k.attention_probs = &attention_probs<T>;
+  k.embedding_forward = &embedding_forward<T>;
+  k.embedding_backward = &embedding_backward<T>;
+  k.dropout_apply = &dropout_apply<T>;
 }
 }  // namespace
 
