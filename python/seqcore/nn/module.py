@@ -185,3 +185,28 @@ def make_rng(rng):
     if isinstance(rng, np.random.Generator):
         return rng
     return np.random.default_rng(rng)
+
+
+class ModuleList(Module):
+    """A list of sub-modules registered as ``'0'``, ``'1'``, ... (``torch.nn.ModuleList``), so
+    ``state_dict`` keys read ``layers.0.weight``. No forward of its own."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleList holds seqcore.nn.Module instances, got {type(module).__name__}")
+        setattr(self, str(len(self._modules)), module)
+        return self
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __getitem__(self, idx):
+        return list(self._modules.values())[idx]

@@ -27,13 +27,13 @@ class LayerNorm(Module):
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
         y, ctx = F.layer_norm(x, self.normalized_shape, w, b, self.eps)
-        self._ctx = ctx if self.training else None
+        self._ctx = ctx
         return y
 
     def backward(self, dy):
         """Returns dx; adds into weight.grad and bias.grad."""
         if self._ctx is None:
-            raise RuntimeError("backward needs a preceding forward in training mode")
+            raise RuntimeError("LayerNorm.backward needs a preceding forward")
         dx, dw, db = F.layer_norm_backward(self._ctx, dy)
         if self.weight is not None:
             self.weight.grad += dw
