@@ -67,6 +67,8 @@ class Embedding(Module):
 
     def forward(self, input):
         ids = np.asarray(input)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"argument 'input' must be an integer array, got {ids.dtype}")
         if self.max_norm is not None and ids.size:
             rows = np.unique(ids)
             if rows.min() < 0 or rows.max() >= self.num_embeddings:
