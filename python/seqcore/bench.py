@@ -109,7 +109,7 @@ class Case:
     GB/s); ``peak`` is 'fma32', 'fma64' or 'bw' (the machine limit to compare with);
     ``baseline`` names a contender whose time the seqcore time is divided by (time ratio);
     ``ref`` the contender the others' results are checked against; ``targets`` maps a
-    ratio name or 'us_per_call' to an upper limit for seqcore. A 'bw' case whose
+    ratio name or 'us_per_call' to an upper limit for seqcore, or to ``('>=', x)`` for a lower one (speed ratios). A 'bw' case whose
     ``working_set`` fits in the last-level cache is compared with its ``baseline``'s
     bandwidth (an in-cache copy) instead of the DRAM copy probe."""
     suite: str
@@ -581,7 +581,8 @@ def _targets(case: Case, cont: dict, ratios: dict) -> dict:
             v = cont["seqcore"][key]
         else:
             continue
-        res[key] = {"value": v, "limit": limit, "met": bool(v <= limit)}
+        op, lim = limit if isinstance(limit, tuple) else ("<=", limit)
+        res[key] = {"value": v, "limit": lim, "op": op, "met": bool(v >= lim if op == ">=" else v <= lim)}
     return res
 
 

@@ -1,7 +1,8 @@
-"""Benchmark suites beyond the foundation: recurrent layers, LayerNorm, optimizers, losses.
+"""Benchmark suites beyond the foundation: recurrent layers, LayerNorm, optimizers, losses,
+attention and the Transformer encoder layer.
 
 Registered into :mod:`seqcore.bench` (imported at its end); run them with
-``python -m seqcore bench --suite rnn,layernorm,optim,losses``. Same rules as there:
+``python -m seqcore bench --suite rnn,layernorm,optim,losses,attention,transformer``. Same rules as there:
 seqcore, the NumPy twin and PyTorch in one process, interleaved, medians.
 """
 import math
@@ -265,3 +266,94 @@ def suite_losses(cfg):
         con["torch"] = Contender(tt, "F.cross_entropy forward + backward")
     yield Case("losses", f"cross_entropy fwd+bwd {N}x{C}", (N, C), "float32", con, nbytes=3.0 * x.nbytes,
                peak="bw", check=True, notes="bytes: logits read twice, dlogits written once")
+
+
+@suite("attention")
+def suite_attention(cfg):
+    """SDPA forward and forward+backward, B=8, heads=8, D=64 (the issue's configurations).
+    flops count every product, backward's recomputation of Q K^T included: forward
+    4 BH L S D, forward+backward 14 BH L S D (halved for causal)."""
+    torch = cfg.torch
+    B, H, D = (2, 2, 32) if cfg.quick else (8, 8, 64)
+    lengths = (128,) if cfg.quick else (512, 1024)
+    for T in lengths:
+        for causal in (False, True):
+            q, k, v = (_randn((B, H, T, D)) for _ in range(3))
+            dout = _randn((B, H, T, D))
+            frac = 0.5 if causal else 1.0
+            tag = "causal" if causal else "full"
+            con = {"seqcore": Contender(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                        "functional.scaled_dot_product_attention"),
+                   "numpy": Contender(lambda: R.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                                      "reference.scaled_dot_product_attention (naive softmax(QK^T)V)")}
+            if torch is not None:
+                tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+
+                def tf():
+                    with torch.no_grad():
+                        return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal).numpy()
+
+                con["torch"] = Contender(tf, "torch.nn.functional.scaled_dot_product_attention, no_grad")
+            yield Case("attention", f"sdpa fwd T={T} {tag}", (B, H, T, D), "float32", con,
+                       flops=4.0 * B * H * T * T * D * frac, peak="fma32",
+                       targets={"seqcore/torch": (">=", 1.3), "seqcore/numpy": (">=", 5.0)})
+
+            def sc_fb():
+                out, ctx = F.scaled_dot_product_attention(q, k, v, is_causal=causal, return_ctx=True)
+                return F.scaled_dot_product_attention_backward(ctx, dout)[0]
+
+            def tw_fb():
+                R.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                return R.scaled_dot_product_attention_backward(dout, q, k, v, is_causal=causal)[0]
+
+            con = {"seqcore": Contender(sc_fb, "scaled_dot_product_attention + _backward"),
+                   "numpy": Contender(tw_fb, "reference twin forward + backward")}
+            if torch is not None:
+                tq, tk, tv = (torch.from_numpy(a.copy()).requires_grad_() for a in (q, k, v))
+                tdo = torch.from_numpy(dout)
+
+                def tfb():
+                    tq.grad = None
+                    torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=causal).backward(tdo)
+                    return tq.grad.numpy()
+
+                con["torch"] = Contender(tfb, "torch SDPA forward + backward")
+            yield Case("attention", f"sdpa fwd+bwd T={T} {tag}", (B, H, T, D), "float32", con,
+                       flops=14.0 * B * H * T * T * D * frac, peak="fma32",
+                       targets={"seqcore/torch": (">=", 1.4), "seqcore/numpy": (">=", 5.0)},
+                       notes="saved for backward: out + lse (T floats per head), no T x T buffer")
+
+
+@suite("transformer")
+def suite_transformer(cfg):
+    """TransformerEncoderLayer training step (forward + backward, dropout 0, post-norm)."""
+    torch = cfg.torch
+    E, N, Fd, T, B = (64, 4, 128, 32, 4) if cfg.quick else (512, 8, 2048, 256, 16)
+    layer = nn.TransformerEncoderLayer(E, N, Fd, dropout=0.0, rng=0)
+    x = _randn((T, B, E))
+    dy = _randn((T, B, E))
+
+    def sc():
+        layer.forward(x)
+        return layer.backward(dy)
+
+    con = {"seqcore": Contender(sc, "nn.TransformerEncoderLayer forward + backward")}
+    if torch is not None:
+        tl = torch.nn.TransformerEncoderLayer(E, N, Fd, dropout=0.0)
+        layer.load_state_dict(tl.state_dict())
+        tx = torch.from_numpy(x.copy()).requires_grad_()
+        tdy = torch.from_numpy(dy)
+
+        def tt():
+            tx.grad = None
+            tl(tx).backward(tdy)
+            return tx.grad.numpy()
+
+        con["torch"] = Contender(tt, "torch.nn.TransformerEncoderLayer forward + backward")
+    # GEMM flops: QKV 3E^2, out-proj E^2, FFN 2 E F per token, x3 for forward + 2 backward
+    # products; attention 14 B N T^2 D
+    tok = T * B
+    flops = 3 * 2.0 * tok * (4 * E * E + 2 * E * Fd) + 14.0 * B * N * T * T * (E // N)
+    yield Case("transformer", f"encoder layer train step d={E} h={N} ff={Fd} T={T} B={B}", (T, B, E), "float32",
+               con, flops=flops, peak="fma32", ref="torch", check=torch is not None,
+               targets={"seqcore/torch": (">=", 1.3)})
