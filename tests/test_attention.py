@@ -581,3 +581,20 @@ def test_positional_encoding(rng):
     with pytest.raises(ValueError, match="max_len"):
         pe.forward(np.zeros((51, 1, 10), np.float32))
     assert np.array_equal(F.sinusoidal_positional_encoding(50, 10), table)
+
+
+def test_encoder_layer_bitwise_across_threads(rng):
+    layer = nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, rng=3)
+    x = rand(rng, (40, 3, 64), np.float32)
+    dy = rand(rng, (40, 3, 64), np.float32)
+
+    def run():
+        for d in (layer.dropout, layer.dropout1, layer.dropout2):
+            d.rng = np.random.default_rng(1)
+        layer.self_attn._rng = np.random.default_rng(2)
+        layer.zero_grad()
+        y = layer.forward(x, is_causal=True)
+        dx = layer.backward(dy)
+        return (y, dx) + tuple(p.grad.copy() for p in layer.parameters())
+
+    assert_thread_invariant(run)
