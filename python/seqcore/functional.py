@@ -463,7 +463,11 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
 
     import numpy as np
 
-    q, k, v = _float_arrays([("query", query), ("key", key), ("value", value)])
+    nd = np.ndarray
+    if type(query) is nd and type(key) is nd and type(value) is nd:
+        q, k, v = query, key, value
+    else:
+        q, k, v = _float_arrays([("query", query), ("key", key), ("value", value)])
     for name, a, want in (("query", q, "(..., L, E)"), ("key", k, "(..., S, E)"), ("value", v, "(..., S, Ev)")):
         if a.ndim < 2:
             raise ValueError(f"argument '{name}' must have shape {want}, got {a.shape}")
@@ -473,18 +477,20 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if v.shape[-2] != S:
         raise ValueError(f"argument 'value' must have shape (..., {S}, Ev), got {v.shape}")
     mask = None if attn_mask is None else np.asarray(attn_mask)
-    shapes = [q.shape[:-2], k.shape[:-2], v.shape[:-2]] + ([mask.shape[:-2]] if mask is not None else [])
-    try:
-        batch = np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise ValueError(f"batch dims of query {q.shape}, key {k.shape}, value {v.shape}"
-                         + (f", attn_mask {mask.shape}" if mask is not None else "") + " do not broadcast") from None
+    batch = q.shape[:-2]
+    if mask is not None or k.shape[:-2] != batch or v.shape[:-2] != batch:
+        shapes = [q.shape[:-2], k.shape[:-2], v.shape[:-2]] + ([mask.shape[:-2]] if mask is not None else [])
+        try:
+            batch = np.broadcast_shapes(*shapes)
+        except ValueError:
+            raise ValueError(f"batch dims of query {q.shape}, key {k.shape}, value {v.shape}"
+                             + (f", attn_mask {mask.shape}" if mask is not None else "") + " do not broadcast") from None
     if not 0.0 <= float(dropout_p) <= 1.0:
         raise ValueError(f"dropout_p must be in [0, 1], got {dropout_p}")
     scale = (1.0 / math.sqrt(E) if E > 0 else 1.0) if scale is None else float(scale)
-    qb = np.broadcast_to(q, batch + q.shape[-2:])
-    kb = np.broadcast_to(k, batch + k.shape[-2:])
-    vb = np.broadcast_to(v, batch + v.shape[-2:])
+    qb = q if q.shape[:-2] == batch else np.broadcast_to(q, batch + q.shape[-2:])
+    kb = k if k.shape[:-2] == batch else np.broadcast_to(k, batch + k.shape[-2:])
+    vb = v if v.shape[:-2] == batch else np.broadcast_to(v, batch + v.shape[-2:])
     kind, mb = "keep", None
     if mask is not None:
         kind = _mask_kind(mask, "keep", "attn_mask")
