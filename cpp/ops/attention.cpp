@@ -12,6 +12,7 @@
 #include <limits>
 
 #include "simd/dropout.h"
+#include "simd/transpose.h"
 #include "simd/vec.h"
 #include "simd/vmath.h"
 #include "simd/workspace.h"
@@ -201,14 +202,7 @@ void mm(int64_t m, int64_t n, int64_t kc, const T* a, int64_t lda, const T* b, i
 // dst (cols x ldd) = src^T for src (rows x cols) with row stride lds; dst columns rows..ldd zero.
 template <class T>
 void pack_transposed(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
-  constexpr int64_t BLK = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += BLK) {
-    const int64_t r1 = std::min(rows, r0 + BLK);
-    for (int64_t c = 0; c < cols; ++c) {
-      T* d = dst + c * ldd;
-      for (int64_t r = r0; r < r1; ++r) d[r] = src[r * lds + c];
-    }
-  }
+  transpose_rows<T>(src, lds, rows, cols, dst, ldd);
   for (int64_t c = 0; c < cols; ++c)
     for (int64_t r = rows; r < ldd; ++r) dst[c * ldd + r] = T(0);
 }
