@@ -14,7 +14,7 @@ from hypothesis import given, strategies as st
 import seqcore
 from seqcore import functional as F, nn, reference as R
 
-from conftest import assert_close, assert_fd, assert_thread_invariant, as64
+from conftest import assert_close, assert_fd, assert_thread_invariant, as64, run_fuzz_child
 
 FLOATS = (np.float32, np.float64)
 SIZES = (1, 2, 3, 15, 16, 17, 31, 33, 63, 65)
@@ -598,3 +598,63 @@ def test_encoder_layer_bitwise_across_threads(rng):
         return (y, dx) + tuple(p.grad.copy() for p in layer.parameters())
 
     assert_thread_invariant(run)
+
+
+# ----------------------------------------------------------------------------- bad input fuzz
+ATT_FUZZ = """
+from seqcore import nn
+k = int(rng.integers(6))
+dims = lambda: [int(rng.choice([0, 1, 2, 3, 17])) for _ in range(int(rng.integers(1, 4)))]
+if k == 0:
+    L, S, E = (int(rng.choice([0, 1, 5, 33])) for _ in range(3))
+    b = tuple(dims()[:int(rng.integers(0, 3))])
+    dt = [np.float32, np.float64, np.int32, np.float16][int(rng.integers(4))]
+    q, kk, v = fit(b + (L, E), dt), fit(b + (S, E), dt), fit(b + (S, int(rng.integers(0, 5))), dt)
+    m = None
+    r = rng.random()
+    if r < 0.3:
+        m = fit((L, S), [bool, np.float32, np.int8][int(rng.integers(3))])
+    res = call("sdpa", F.scaled_dot_product_attention, q, kk, v, attn_mask=m, is_causal=bool(rng.random() < 0.5),
+               dropout_p=float(rng.choice([0.0, 0.3, 1.0, -1.0])), return_ctx=True)
+    if res is not None:
+        out, ctx = res
+        call("sdpa_backward", F.scaled_dot_product_attention_backward, ctx, like(out))
+elif k == 1:
+    E = int(rng.choice([1, 4, 6, 8]))
+    N = int(rng.choice([1, 2, 3]))
+    try:
+        m = nn.MultiheadAttention(E, N, batch_first=bool(rng.random() < 0.5), dropout=float(rng.choice([0.0, 0.2])))
+    except ValueError:
+        m = None
+    if m is not None:
+        x = fit((int(rng.integers(0, 5)), int(rng.integers(0, 3)), E), np.float32)
+        kpm = arr() if rng.random() < 0.3 else None
+        am = arr() if rng.random() < 0.3 else None
+        y = call("mha", m.forward, x, x, x, key_padding_mask=kpm, attn_mask=am,
+                 need_weights=bool(rng.random() < 0.5), is_causal=bool(rng.random() < 0.3))
+        if y is not None:
+            call("mha_backward", m.backward, like(y[0]))
+elif k == 2:
+    w = arr()
+    ids = arr(dtype=[np.int64, np.int32, np.uint8, np.float32][int(rng.integers(4))])
+    call("embedding", F.embedding, ids, w, padding_idx=[None, 0, -1, 99][int(rng.integers(4))])
+    call("embedding_backward", F.embedding_backward, arr(), ids, int(rng.integers(-1, 20)))
+elif k == 3:
+    x = arr()
+    call("dropout", F.dropout, x, float(rng.choice([0.0, 0.5, 1.0, 2.0, -0.1])), rng=int(rng.integers(10)))
+elif k == 4:
+    x = arr()
+    layer = nn.TransformerEncoderLayer(4, 2, 8, dropout=0.1, rng=0)
+    y = call("encoder_layer", layer.forward, x, src_key_padding_mask=arr() if rng.random() < 0.3 else None)
+    if y is not None:
+        call("encoder_layer_backward", layer.backward, like(y))
+else:
+    call("pe", nn.SinusoidalPositionalEncoding(int(rng.integers(1, 6)), max_len=8).forward, arr())
+    call("ffn", nn.FeedForward(3, 5).forward, arr())
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bad_input_never_crashes(seed):
+    """Random shapes, dtypes, masks, layouts and non-arrays: only ValueError/TypeError/MemoryError."""
+    run_fuzz_child(ATT_FUZZ, seed=seed, cases=1500)

@@ -398,14 +398,17 @@ def _seed_from(rng):
 
 def _float_arrays(named):
     """Array-likes -> arrays: ndarrays kept as they are (views, strides: the kernels read them
-    in place); other inputs take the float dtype of the ndarrays (float64 when none)."""
+    in place); other inputs take the float dtype of the ndarrays (float64 when none); None is
+    a TypeError naming the argument."""
     import numpy as np
 
     dts = [x.dtype for _, x in named if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
     dt = dts[0] if dts and dts[0] in (np.float32, np.float64) else np.float64
     out = []
     for name, x in named:
-        if x is None or isinstance(x, np.ndarray):
+        if x is None:
+            raise TypeError(f"argument '{name}' must be an array, got None")
+        if isinstance(x, np.ndarray):
             out.append(x)
             continue
         try:
@@ -572,14 +575,9 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
 
     import numpy as np
 
-    names = [("query", query), ("key", key), ("value", value)]
-    if key is query:
-        names[1] = ("key", None)
-    if value is key or value is query:
-        names[2] = ("value", None)
-    q_in, k_in, v_in = _float_arrays(names)
+    q_in, k_in, v_in = _float_arrays([("query", query), ("key", key), ("value", value)])
     k_in = q_in if key is query else k_in
-    v_in = (q_in if value is query else k_in) if (value is key or value is query) else v_in
+    v_in = q_in if value is query else (k_in if value is key else v_in)
     self_attn = key is query and value is query
     kv_same = value is key
     unbatched = q_in.ndim == 2
