@@ -182,14 +182,19 @@ def cmd_train(args):
     for opt, path in (("--save", args.save), ("--log-json", args.log_json)):
         if path:
             _check_writable_dir(path, opt)
-    if args.plot:
-        _prepare_plot_dir(args.plot)
+    plot_dir = args.plot if args.plot and _plots_available() else None
+    if plot_dir:
+        _prepare_plot_dir(plot_dir)
     ov = _train_overrides(args)
     if args.resume:
         ck = load_checkpoint(args.resume)
         trainer = Trainer.from_checkpoint(ck, args.resume, ov, text=args.text)
         start = trainer.step
-        _note(f"resuming {args.resume} at step {start} of {trainer.cfg.steps}", args.quiet)
+        if start >= trainer.cfg.steps:
+            _note(f"{args.resume} is already at step {start} (--steps {trainer.cfg.steps}): nothing to train; "
+                  f"pass a larger --steps to continue")
+        else:
+            _note(f"resuming {args.resume} at step {start} of {trainer.cfg.steps}", args.quiet)
     else:
         task = args.task or "adding"
         model = args.model or "lstm"
@@ -231,15 +236,15 @@ def cmd_train(args):
     if args.log_json:
         trainer.write_log(args.log_json, final)
         print(f"log: {args.log_json}")
-    if args.plot and _plots_available():
+    if plot_dir:
         from seqcore import plots
 
-        files = [plots.plot_losses({cfg.model: trainer.history()}, os.path.join(args.plot, "loss.png"),
+        files = [plots.plot_losses({cfg.model: trainer.history()}, os.path.join(plot_dir, "loss.png"),
                                    title=f"{cfg.model} on {cfg.task}", chance=trainer.task.chance())]
         dh = {k: {"first": trainer.dh_first[k], "last": v} for k, v in trainer.dh_last.items()
               if k in trainer.dh_first}
         if dh:
-            files.append(plots.plot_dh_norms(dh, os.path.join(args.plot, "gradflow.png")))
+            files.append(plots.plot_dh_norms(dh, os.path.join(plot_dir, "gradflow.png")))
         print("plots: " + ", ".join(files))
     return EXIT_OK
 
@@ -266,7 +271,7 @@ def cmd_demo(args):
     from seqcore.trainer import Interrupted, TrainConfig, Trainer
 
     _set_threads(args.threads)
-    plot_dir = None if args.no_plot else args.plot
+    plot_dir = None if args.no_plot or not args.plot or not _plots_available() else args.plot
     if plot_dir:
         _prepare_plot_dir(plot_dir)
     if args.log_json:
@@ -322,7 +327,7 @@ def cmd_demo(args):
                "skipped": skipped, "runs": {n: tr.log_dict() for n, tr in trainers.items()}}
         atomic_write_text(args.log_json, json.dumps(doc, indent=1) + "\n")
         print(f"log: {args.log_json}")
-    if plot_dir and _plots_available():
+    if plot_dir:
         from seqcore import plots
 
         f1 = plots.plot_losses({n: tr.history() for n, tr in trainers.items()},
@@ -385,8 +390,9 @@ def cmd_gradflow(args):
     from seqcore.gradflow import gradient_flow
 
     _set_threads(args.threads)
-    if args.plot and not args.no_plot:
-        _check_writable_dir(args.plot, "--plot")
+    plot = None if args.no_plot or not args.plot or not _plots_available() else args.plot
+    if plot:
+        _check_writable_dir(plot, "--plot")
     if args.json:
         _check_writable_dir(args.json, "--json")
     results = gradient_flow(models=args.models, checkpoints=args.checkpoint or [], seq_len=args.seq_len,
@@ -409,12 +415,12 @@ def cmd_gradflow(args):
             {"label": r["label"], "model": r["model"], "seq_len": len(r["norms"]),
              "norms": [float(v) for v in r["norms"]]} for r in results]}, indent=1) + "\n")
         print(f"numbers: {args.json}")
-    if args.plot and not args.no_plot and _plots_available():
+    if plot:
         from seqcore import plots
 
-        plots.plot_dh_norms({r["label"]: r["norms"] for r in results}, args.plot,
+        plots.plot_dh_norms({r["label"]: r["norms"] for r in results}, plot,
                             title="||dL/dh_t|| through time (loss at the last step)")
-        print(f"plot: {args.plot}")
+        print(f"plot: {plot}")
     return EXIT_OK
 
 

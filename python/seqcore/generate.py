@@ -20,8 +20,8 @@ def load_charlm(ck, path="checkpoint"):
     """(model, vocab) of a charlm checkpoint (CheckpointError if it is another kind)."""
     cfg, tcfg = ck.get("config", {}), ck.get("task", {})
     if cfg.get("task") != "charlm" or "vocab" not in tcfg:
-        raise CheckpointError(f"{path} is a {cfg.get('task')!r} model, not a char-level language model "
-                              f"(train one with: seqcore train --task charlm --save CKPT)")
+        raise CheckpointError(f"{path} holds a model of the {cfg.get('task')!r} task, not a char-level language "
+                              f"model (train one with: seqcore train --task charlm --save CKPT)")
     vocab = tcfg["vocab"]
     info_task = _VocabTask(vocab, int(cfg.get("seq_len", 1)))
     model = model_from_checkpoint(ck, info_task, path)

@@ -51,7 +51,7 @@ class TaskError(ValueError):
 
 def default_corpus():
     """The text shipped in the package (``seqcore/data/coriolanus.txt``)."""
-    return resources.files("seqcore").joinpath("data", DEFAULT_CORPUS).read_text(encoding="utf-8")
+    return resources.files("seqcore").joinpath("data").joinpath(DEFAULT_CORPUS).read_text(encoding="utf-8")
 
 
 def encode_chars(text, vocab):

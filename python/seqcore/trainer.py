@@ -169,6 +169,13 @@ def load_checkpoint(path):
     if os.path.isdir(path):
         raise CheckpointError(f"{path} is a directory, not a checkpoint")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if magic != b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not a seqcore checkpoint (not an .npz archive)")
+    try:
         ck = seqcore.load(path)
     except (ValueError, OSError) as e:
         msg = str(e) if str(e).startswith(str(path)) else f"{path}: {e}"
@@ -193,7 +200,7 @@ class _Progress:
         if not enabled:
             return
         try:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
         except ImportError:
             tqdm = None
         if tqdm is not None:
