@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 from seqcore import functional as F, nn, optim
-from seqcore.tasks import default_corpus
+from seqcore.tasks import default_corpus, encode_chars
 
 
 def main():
@@ -23,8 +23,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=5)
     args = ap.parse_args()
     text = default_corpus()
-    vocab = sorted(set(text))
-    ids = np.searchsorted(np.array(vocab), np.array(list(text)))    # char -> index
+    vocab = "".join(sorted(set(text)))
+    ids = encode_chars(text, vocab)                                   # char -> index into vocab
     V, B, K = len(vocab), args.streams, args.chunk
     n = len(ids) // B
     streams = ids[: n * B].reshape(B, n).T                            # (n, B): column b is one stream

@@ -407,3 +407,103 @@ def test_examples_run(script, tmp_path):
                        text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip()
+
+
+# ============================================================================ transformer plumbing
+class _FakeEmbedding(nn.Module):
+    """Stand-ins with the announced nn.Embedding / SinusoidalPositionalEncoding /
+    TransformerEncoderLayer / TransformerEncoder API (no attention: a position-wise residual
+    Linear), to test the CLI's transformer entry before the real layers exist."""
+
+    def __init__(self, num_embeddings, embedding_dim, *, rng=None):
+        super().__init__()
+        self.weight = nn.Parameter(np.random.default_rng(rng).standard_normal((num_embeddings, embedding_dim))
+                                   .astype(np.float32))
+
+    def forward(self, ids):
+        self._ids = np.asarray(ids)
+        return self.weight.data[self._ids]
+
+    def backward(self, dy):
+        np.add.at(self.weight.grad, self._ids, dy)
+
+
+class _FakePositions(nn.Module):
+    def __init__(self, d_model, max_len):
+        super().__init__()
+        self.pe = np.sin(np.arange(max_len)[:, None] / (1.0 + np.arange(d_model))[None, :]).astype(np.float32)
+
+    def forward(self, x):
+        return x + self.pe[:x.shape[0], None, :]
+
+    def backward(self, dy):
+        return dy
+
+
+class _FakeEncoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, activation="relu", layer_norm_eps=1e-5,
+                 batch_first=False, norm_first=False, *, rng=None):
+        super().__init__()
+        assert dropout == 0.0 and not batch_first
+        self.linear1 = nn.Linear(d_model, d_model, rng=rng)
+
+    def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+        return src + 0.5 * np.tanh(self.linear1.forward(src))
+
+    def backward(self, d_out):
+        y = np.tanh(self.linear1.forward(self.linear1._cache))
+        return d_out + self.linear1.backward(0.5 * d_out * (1 - y * y))
+
+
+class _FakeEncoder(nn.Module):
+    def __init__(self, encoder_layer, num_layers):
+        super().__init__()
+        import copy
+
+        self.layers = nn.Sequential(*[copy.deepcopy(encoder_layer) for _ in range(num_layers)])
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        self._xs = []
+        for layer in self.layers:
+            self._xs.append(src)
+            src = layer.forward(src, is_causal=bool(is_causal))
+        return src
+
+    def backward(self, d):
+        for layer, x in zip(reversed(list(self.layers)), reversed(self._xs)):
+            layer.linear1.forward(x)
+            d = layer.backward(d)
+        return d
+
+
+@pytest.fixture
+def fake_transformer(monkeypatch):
+    if HAVE_TRANSFORMER:
+        pytest.skip("the real Transformer layers exist")
+    for name, cls in (("Embedding", _FakeEmbedding), ("SinusoidalPositionalEncoding", _FakePositions),
+                      ("TransformerEncoderLayer", _FakeEncoderLayer), ("TransformerEncoder", _FakeEncoder)):
+        monkeypatch.setattr(nn, name, cls, raising=False)
+
+
+@pytest.mark.parametrize("task, extra", [("adding", ["--seq-len", 10]), ("charlm", ["--seq-len", 16])])
+def test_transformer_entry_trains_resumes_and_generates(fake_transformer, tmp_path, capsys, task, extra):
+    common = ["train", "--model", "transformer", "--task", task, "--hidden", 8, "--layers", 2, "--batch", 4,
+              "--eval-every", 3, "--quiet", *extra]
+    full, part = tmp_path / "full.ckpt", tmp_path / "part.ckpt"
+    assert main(*common, "--steps", 8, "--save", full) == 0
+    assert main(*common, "--steps", 3, "--save", part) == 0
+    assert main("train", "--resume", part, "--steps", 8, "--save", part, "--quiet") == 0
+    assert_resumed_equal(seqcore.load(full), seqcore.load(part))
+    assert any(k.startswith("encoder.") for k in seqcore.load(full)["model"])
+    if task == "charlm":
+        capsys.readouterr()
+        assert main("generate", full, "--prompt", "All:", "--length", 20) == 0
+        assert capsys.readouterr().out.startswith("All:")
+        assert main("gradflow", "--checkpoint", full, "--no-plot") == 2  # no recurrent state
+
+
+def test_demo_includes_the_transformer_when_available(fake_transformer, capsys):
+    assert main("demo", "--models", "rnn,transformer", "--seq-len", 10, "--hidden", 8, "--steps", 4,
+                "--quiet", "--no-plot") == 0
+    out = capsys.readouterr().out
+    assert "skipping" not in out and "transformer" in out

@@ -373,6 +373,7 @@ def cmd_generate(args):
     from seqcore.generate import generate
     from seqcore.trainer import load_checkpoint
 
+    _set_threads(None)
     ck = load_checkpoint(args.checkpoint)
     out = sys.stdout
     out.write(args.prompt)
