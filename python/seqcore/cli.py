@@ -152,7 +152,7 @@ defaults per task (used for every option not given):
   adding  seq-len 100, hidden 64, batch 32, steps 3000, lr 0.003, clip 1
   copy    seq-len 40 (10 symbols, delimiter, 10 recall steps), hidden 64, batch 32,
           steps 3000, lr 0.003, clip 1
-  charlm  seq-len 64, hidden 128, batch 32, steps 2000, lr 0.003, clip 1
+  charlm  seq-len 64, hidden 128, batch 32, steps 1200, lr 0.003, clip 1
 With --resume, the checkpoint's settings are used; --steps (the total to reach), --lr,
 --clip, --batch and --eval-every may be changed, options that define the model or the data
 must match the checkpoint.

@@ -46,7 +46,7 @@ LOG_SCHEMA = "seqcore-train-log/1"
 TASK_DEFAULTS = {
     "adding": dict(seq_len=100, hidden=64, layers=1, batch=32, steps=3000, lr=3e-3, clip=1.0),
     "copy": dict(seq_len=40, hidden=64, layers=1, batch=32, steps=3000, lr=3e-3, clip=1.0),
-    "charlm": dict(seq_len=64, hidden=128, layers=1, batch=32, steps=2000, lr=3e-3, clip=1.0),
+    "charlm": dict(seq_len=64, hidden=128, layers=1, batch=32, steps=1200, lr=3e-3, clip=1.0),
 }
 
 OPTIMIZERS = {
