@@ -215,7 +215,7 @@ class TransformerModel(nn.Module):
         self.pos = nn.SinusoidalPositionalEncoding(hidden, max(self.info["seq_len"], 1))
         layer = _with_rng(nn.TransformerEncoderLayer, hidden, nhead, dim_feedforward=dim_feedforward,
                           dropout=0.0, rng=rng)
-        self.encoder = nn.TransformerEncoder(layer, layers)
+        self.encoder = _with_rng(nn.TransformerEncoder, layer, layers, rng=rng)
         self.head = nn.Linear(hidden, self.info["output_size"], rng=rng)
         self._T = None
 
