@@ -113,3 +113,25 @@ def test_single_process_world_is_a_noop():
     assert dp.in_features == 3
     y = dp.forward(np.ones((4, 3), np.float32))
     dp.backward(np.ones_like(y))
+
+
+def test_cli_train_data_parallel_matches_single_process(tmp_path):
+    """``mpiexec -n 2 seqcore train`` splits the global batch over the ranks; the trained model
+    equals one process training on the whole batch (within float32 tolerance)."""
+    exe = _mpiexec()
+    args = ["-m", "seqcore", "train", "--model", "gru", "--task", "adding", "--seq-len", "12", "--hidden", "16",
+            "--steps", "6", "--batch", "8", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([exe, "-n", "2", sys.executable, *args, "--save", str(tmp_path / "dp.npz")],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r1 = subprocess.run([sys.executable, *args, "--save", str(tmp_path / "sp.npz")], capture_output=True, text=True,
+                        timeout=180, env=env)
+    assert r1.returncode == 0, r1.stderr
+    dp = seqcore.load(str(tmp_path / "dp.npz"))["model"]
+    sp = seqcore.load(str(tmp_path / "sp.npz"))["model"]
+    assert list(dp) == list(sp)
+    for k in sp:
+        assert_close(dp[k], sp[k], "train", np.float32, scale=np.abs(sp[k]).max(), what=k)
+    bad = subprocess.run([exe, "-n", "3", sys.executable, *args], capture_output=True, text=True, timeout=180, env=env)
+    assert bad.returncode == 2 and "divisible" in bad.stderr

@@ -212,8 +212,20 @@ def cmd_train(args):
         except ValueError as e:
             raise UsageError(str(e)) from None
         trainer = Trainer.create(cfg)
+    from seqcore import distributed as dist
+
+    world = dist.init()
+    if world.size > 1:
+        try:
+            trainer.set_world(world)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if not world.is_root:  # rank 0 alone prints, saves, logs and plots
+            args.quiet, args.save, args.log_json, plot_dir = True, None, None, None
     cfg = trainer.cfg
     if not args.quiet:
+        if world.size > 1:
+            print(f"data parallel over {world.size} ranks: {cfg.batch // world.size} sequences per rank", flush=True)
         print(f"{cfg.model} on {cfg.task}: seq-len {cfg.seq_len}, hidden {cfg.hidden} x {cfg.layers} layer(s), "
               f"{trainer.num_parameters():,} parameters; batch {cfg.batch}, {cfg.optimizer} lr {cfg.lr:g}, "
               f"clip {cfg.clip:g}, {cfg.steps} steps, seed {cfg.seed}", flush=True)

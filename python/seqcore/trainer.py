@@ -251,6 +251,16 @@ class Trainer:
         self.dh_last = {k: np.asarray(v) for k, v in h.get("dh_last", {}).items()}
         self.train_time = float(h.get("train_time", 0.0))
         self._stop = False
+        self.world = None  # a seqcore.distributed.World for data-parallel runs (set_world)
+
+    def set_world(self, world):
+        """Train data-parallel over ``world`` (seqcore.distributed): every rank draws the same
+        global batch, runs forward/backward on its contiguous share of it, and the gradients
+        are averaged with one fused Allreduce before clipping and the optimizer step, so the
+        parameters stay identical on every rank. The batch must divide evenly."""
+        if world is not None and world.size > 1 and self.cfg.batch % world.size:
+            raise ValueError(f"--batch {self.cfg.batch} must be divisible by the number of ranks ({world.size})")
+        self.world = world if world is not None and world.size > 1 else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -319,12 +329,21 @@ class Trainer:
     def train_step(self):
         """One update; returns (loss, global grad norm before clipping)."""
         x, y = self.task.batch(self.rng, self.cfg.batch)
+        world = self.world
+        if world is not None:  # this rank's share of the global batch (time-major x)
+            from seqcore import distributed as dist
+
+            x = dist.shard(x, world, axis=1)
+            y = dist.shard(y, world, axis=0 if self.task.readout == "last" else 1)
         model = self.model
         model.zero_grad()
         out = model.forward(x)
         loss, d_out = self.task.loss_and_grad(out, y)
         model.backward(d_out)
         params = model.parameters()
+        if world is not None:
+            dist.allreduce_gradients(params, world, owner=self)
+            loss = world.allreduce_scalar(loss) / world.size
         if self.cfg.clip > 0:
             gnorm = optim.clip_grad_norm_(params, self.cfg.clip)
         else:
