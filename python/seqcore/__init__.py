@@ -1,6 +1,6 @@
 """seqcore: fast CPU kernels for sequence models behind a NumPy API."""
 from seqcore import _core
-from seqcore._core import get_num_threads, set_num_threads, PackedMatrix
+from seqcore._core import get_num_threads, set_num_threads, set_flush_denormal, PackedMatrix
 from seqcore import functional, reference, nn
 from seqcore.functional import matmul, gemm
 from seqcore import init, monitor
@@ -15,5 +15,5 @@ def info():
     return dict(_core.info())
 
 
-__all__ = ["info", "get_num_threads", "set_num_threads", "matmul", "gemm", "PackedMatrix",
+__all__ = ["info", "get_num_threads", "set_num_threads", "set_flush_denormal", "matmul", "gemm", "PackedMatrix",
            "functional", "reference", "nn"]
