@@ -905,8 +905,8 @@ def _mkdir_for(path):
     os.makedirs(d, exist_ok=True)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m seqcore.bench", description=(
+def main(argv=None, prog="python -m seqcore.bench") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=(
         "seqcore vs NumPy (twin) vs PyTorch, interleaved in one process; reports medians, "
         "ratios, GFLOP/s or GB/s and the fraction of the peak FMA rate / copy bandwidth "
         "measured in the same run. Run under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`."))

@@ -450,7 +450,7 @@ def cmd_gradflow(args):
 def cmd_bench(rest):
     from seqcore import bench
 
-    return bench.main(rest)
+    return bench.main(rest, prog="seqcore bench")
 
 
 # ============================================================================ parser
