@@ -658,3 +658,12 @@ else:
 def test_bad_input_never_crashes(seed):
     """Random shapes, dtypes, masks, layouts and non-arrays: only ValueError/TypeError/MemoryError."""
     run_fuzz_child(ATT_FUZZ, seed=seed, cases=1500)
+
+
+def test_absurd_sizes_raise_memory_error():
+    """A zero-stride view can claim 10^11 keys without memory behind it: the per-head workspace
+    cannot exist, and the call must raise MemoryError (not crash inside a parallel region)."""
+    q = np.ones((1, 4, 2), np.float32)
+    k = np.broadcast_to(np.ones((1, 1, 2), np.float32), (1, 10 ** 11, 2))
+    with pytest.raises(MemoryError, match="workspace"):
+        F.scaled_dot_product_attention(q, k, k)

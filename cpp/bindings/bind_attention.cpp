@@ -188,6 +188,13 @@ Dims check_qkv(const py::array& q, const py::array& k, const py::array& v) {
   return d;
 }
 
+[[noreturn]] void workspace_error(const Dims& d) {
+  PyErr_SetString(PyExc_MemoryError, ("attention: cannot allocate the per-head workspace for L=" + std::to_string(d.L) +
+                                      ", S=" + std::to_string(d.S) + ", E=" + std::to_string(d.D) + ", Ev=" +
+                                      std::to_string(d.Dv) + " (it grows linearly with L and S)").c_str());
+  throw py::error_already_set();
+}
+
 Shape with_rows(const Shape& batch, int64_t rows, int64_t cols) {
   Shape s = batch;
   s.push_back(rows);
@@ -244,10 +251,12 @@ py::tuple attention_forward(const py::object& q_o, const py::object& k_o, const 
     a.out = ptr<T>(out.arr);
     a.ol = layout(out);
     a.lse = plse;
-    {
+    try {
       py::gil_scoped_release rel;
       K<T>().attention_forward(s, a);
       if (pprobs) K<T>().attention_probs(s, a, pprobs);
+    } catch (const std::bad_alloc&) {
+      workspace_error(d);
     }
     return py::make_tuple(out.arr, lse_o, probs_o);
   });
@@ -296,9 +305,11 @@ py::tuple attention_backward(const py::object& dout_o, const py::object& q_o, co
     a.dql = layout(dq);
     a.dkl = layout(dk);
     a.dvl = layout(dv);
-    {
+    try {
       py::gil_scoped_release rel;
       K<T>().attention_backward(s, a);
+    } catch (const std::bad_alloc&) {
+      workspace_error(d);
     }
     return py::make_tuple(dq.arr, dk.arr, dv.arr);
   });

@@ -444,8 +444,9 @@ void forward_impl(const AttnShape& s, const AttnForwardArgs<T>& a, bool probs_on
   const double work = 2.0 * double(s.BH) * double(s.L) * double(std::max<int64_t>(s.S, 1)) *
                       double(s.D + s.Dv + 1);
   const int nt = int(std::min<int64_t>(pool_threads(work), items));
+  FirstError err;
 #pragma omp parallel num_threads(nt)
-  {
+  err.run([&] {
     const int p = omp_get_thread_num(), np = omp_get_num_threads();
     const int64_t lo = items * p / np, hi = items * (p + 1) / np;
     int64_t packed_h = -1;
@@ -458,7 +459,8 @@ void forward_impl(const AttnShape& s, const AttnForwardArgs<T>& a, bool probs_on
       }
       forward_tile<T>(s, a, hd, h, i0, std::min(kBr, s.L - i0), probs_only, probs);
     }
-  }
+  });
+  err.rethrow();
 }
 
 // ---------------------------------------------------------------- backward
@@ -635,18 +637,21 @@ template <class T> void attention_backward(const AttnShape& s, const AttnBackwar
   const int nt = pool_threads(work);
   if (s.BH >= nt) {
     // heads in parallel; each head's chunks in order on one thread
+    FirstError err;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int64_t h = 0; h < s.BH; ++h) {
-      BwdHead<T> hd = pack_bwd_head<T>(s, a, h, tls_head);
-      static thread_local Scratch tls_dq;
-      T* dq = tls_dq.get<T>(size_t(2 * s.L * Dp + 16));
-      T* dqp = dq + s.L * Dp;
-      for (int64_t c = 0; c < nch; ++c) {
-        backward_chunk<T>(s, a, hd, h, c, c == 0 ? dq : dqp);
-        if (c > 0) add_into<T>(dq, dqp, s.L * Dp);
-      }
-      write_dq<T>(s, a, h, dq, 0, s.L);
-    }
+    for (int64_t h = 0; h < s.BH; ++h)
+      err.run([&] {
+        BwdHead<T> hd = pack_bwd_head<T>(s, a, h, tls_head);
+        static thread_local Scratch tls_dq;
+        T* dq = tls_dq.get<T>(size_t(2 * s.L * Dp + 16));
+        T* dqp = dq + s.L * Dp;
+        for (int64_t c = 0; c < nch; ++c) {
+          backward_chunk<T>(s, a, hd, h, c, c == 0 ? dq : dqp);
+          if (c > 0) add_into<T>(dq, dqp, s.L * Dp);
+        }
+        write_dq<T>(s, a, h, dq, 0, s.L);
+      });
+    err.rethrow();
     return;
   }
   // few heads: the key chunks of each head in parallel, dq partials summed in chunk order
@@ -654,8 +659,10 @@ template <class T> void attention_backward(const AttnShape& s, const AttnBackwar
   T* parts = tls_parts.get<T>(size_t(nch * s.L * Dp + 16));
   for (int64_t h = 0; h < s.BH; ++h) {
     BwdHead<T> hd = pack_bwd_head<T>(s, a, h, tls_head);
+    FirstError err;
 #pragma omp parallel for num_threads(int(std::min<int64_t>(nt, nch))) schedule(dynamic, 1)
-    for (int64_t c = 0; c < nch; ++c) backward_chunk<T>(s, a, hd, h, c, parts + c * s.L * Dp);
+    for (int64_t c = 0; c < nch; ++c) err.run([&] { backward_chunk<T>(s, a, hd, h, c, parts + c * s.L * Dp); });
+    err.rethrow();
     const int64_t nrb = (s.L + kBr - 1) / kBr;
 #pragma omp parallel for num_threads(int(std::min<int64_t>(nt, nrb))) schedule(static)
     for (int64_t rb = 0; rb < nrb; ++rb) {

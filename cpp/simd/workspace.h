@@ -3,6 +3,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <new>
 
 namespace seqcore {
@@ -32,6 +34,28 @@ class Scratch {
  private:
   void* p_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// An exception must not leave an OpenMP region (that is std::terminate): each thread runs its
+// work through run(); the first exception is kept and rethrown on the calling thread after the
+// region (a failed Scratch allocation then reaches Python as MemoryError).
+class FirstError {
+ public:
+  template <class F> void run(F&& f) noexcept {
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!e_) e_ = std::current_exception();
+    }
+  }
+  void rethrow() {
+    if (e_) std::rethrow_exception(e_);
+  }
+
+ private:
+  std::mutex mu_;
+  std::exception_ptr e_;
 };
 
 }  // namespace SEQCORE_ISA
