@@ -20,6 +20,15 @@ def _check_dtype(dtype):
     return dtype
 
 
+def _grad_array(a, name, dtype):
+    """A gradient argument as an array of the module's dtype: numbers only (TypeError naming the
+    argument for complex, object, str ...); float arrays of another precision are converted."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"argument '{name}' must be a float array, got {arr.dtype}")
+    return arr.astype(dtype, copy=False)
+
+
 class RNNBase(Module):
     """Multi-layer, optionally bidirectional recurrent layer (see RNN, LSTM, GRU).
 
@@ -193,7 +202,10 @@ class RNNBase(Module):
         dtype = self.weight_hh_l0.dtype
         dy = None
         if d_output is not None:
-            dy = np.asarray(d_output, dtype=dtype)
+            dy = _grad_array(d_output, "d_output", dtype)
+            want = (T, nd * H) if unbatched else ((B, T, nd * H) if self.batch_first else (T, B, nd * H))
+            if dy.shape != want:
+                raise ValueError(f"argument 'd_output' must have the output's shape {want}, got {dy.shape}")
             if unbatched:
                 dy = dy[:, None, :]
             elif self.batch_first:
@@ -210,7 +222,10 @@ class RNNBase(Module):
             conv = []
             for name, a in (("d_h_n", dhn), ("d_c_n", dcn)):
                 if a is not None:
-                    a = np.asarray(a, dtype=dtype)
+                    a = _grad_array(a, name, dtype)
+                    if a.ndim != (2 if unbatched else 3):
+                        raise ValueError(f"argument '{name}' must have shape {(L, H) if unbatched else (L, B, H)}, "
+                                         f"got {a.shape}")
                     if unbatched:
                         a = a[:, None, :]
                     if a.shape != (L, B, H):
@@ -402,8 +417,14 @@ class RNNCellBase(Module):
             raise RuntimeError("backward needs a preceding forward in training mode")
         ctx, unbatched = self._cache
         dt = self.weight_hh.dtype
-        dh = None if d_h is None else np.asarray(d_h, dtype=dt).reshape(-1, self.hidden_size)
-        dc = None if d_c is None else np.asarray(d_c, dtype=dt).reshape(-1, self.hidden_size)
+        dh = None if d_h is None else _grad_array(d_h, "d_h", dt)
+        dc = None if d_c is None else _grad_array(d_c, "d_c", dt)
+        for name, a in (("d_h", dh), ("d_c", dc)):
+            if a is not None and (a.ndim != (1 if unbatched else 2) or a.shape[-1] != self.hidden_size):
+                want = f"({self.hidden_size},)" if unbatched else f"(B, {self.hidden_size})"
+                raise ValueError(f"argument '{name}' must have shape {want}, got {a.shape}")
+        dh = None if dh is None else dh.reshape(-1, self.hidden_size)
+        dc = None if dc is None else dc.reshape(-1, self.hidden_size)
         dx, dh0, dc0, dwih, dwhh, dbih, dbhh, _ = F._core.recurrent_backward(ctx, None, dh, dc, False, True)
         self.weight_ih.grad += dwih
         self.weight_hh.grad += dwhh
