@@ -38,9 +38,9 @@ template <> struct ACfg<double> { static constexpr int MR = 4, NV = 4, MRB = 4, 
 #endif
 template <class T> constexpr int NR = ACfg<T>::NV * Vec<T>::W;
 
-constexpr int64_t kBr = 64;        // queries per tile
+constexpr int64_t kBr = 60;        // queries per tile (a multiple of every ISA's row tile)
 constexpr int64_t kBcFwd = 256;    // keys per tile, forward
-constexpr int64_t kBcBwd = 128;    // keys per tile, backward
+constexpr int64_t kBcBwd = 96;     // keys per tile, backward (rows of the dk, dv products)
 constexpr int64_t kAttnChunks = 4; // at most this many key chunks per head for dq (see header)
 
 thread_local Scratch tls_head, tls_block;
