@@ -239,3 +239,26 @@ def test_wide_registers_stay_in_their_isa_namespace():
     # The AVX-512 kernels really use zmm (else the avx512 build flags did not apply).
     assert any("zmm" in regs[s] for s in per_ns["avx512"])
     assert any("ymm" in regs[s] for s in per_ns["avx2"])
+
+
+def test_flush_denormal_reaches_idle_pool_workers():
+    """Turning FTZ/DAZ off must also reset pool workers idle at the current thread count, or a
+    later 2-thread kernel computes on flushed subnormals (and differs from 1 thread)."""
+    import numpy as np
+
+    from seqcore import functional as F
+
+    x = np.full(3 * 2 ** 14 + 7, 1e-39, np.float32)
+    before = seqcore.get_num_threads()
+    try:
+        seqcore.set_num_threads(2)
+        ref = F.gelu(x)
+        seqcore.set_flush_denormal(True)
+        assert not F.gelu(x).any(), "flushed: subnormal inputs read as 0"
+        seqcore.set_num_threads(1)
+        seqcore.set_flush_denormal(False)
+        seqcore.set_num_threads(2)
+        assert np.array_equal(F.gelu(x), ref)
+    finally:
+        seqcore.set_flush_denormal(False)
+        seqcore.set_num_threads(before)

@@ -36,12 +36,14 @@ void bind_runtime(py::module_& m) {
   }, py::arg("n"), "Sets the number of threads kernels use (like OMP_NUM_THREADS).");
   m.def("set_flush_denormal", [](bool on) {
     // MXCSR FTZ (bit 15: subnormal results become 0) and DAZ (bit 6: subnormal inputs read as
-    // 0), on this thread and every OpenMP worker (threads created later inherit it).
+    // 0), on this thread and every OpenMP worker: the team spans the largest pool seqcore ever
+    // used, so idle workers beyond the current thread count change too (threads created later
+    // inherit the setting from this one).
     constexpr unsigned kBits = (1u << 15) | (1u << 6);
     auto apply = [on] { _mm_setcsr(on ? (_mm_getcsr() | kBits) : (_mm_getcsr() & ~kBits)); };
     py::gil_scoped_release rel;
     apply();
-#pragma omp parallel num_threads(get_num_threads())
+#pragma omp parallel num_threads(largest_pool())
     apply();
     return true;
   }, py::arg("mode"),
