@@ -162,8 +162,9 @@ py::tuple batch_norm(const py::object& x_o, const py::object& rm_o, const py::ob
     const T* px = cptr<T>(x);
     const T* pw = w ? cptr<T>(*w) : nullptr;
     const T* pb = b ? cptr<T>(*b) : nullptr;
-    T* prm = rm ? static_cast<T*>(rm->mutable_data()) : nullptr;  // written only in training
-    T* prv = rv ? static_cast<T*>(rv->mutable_data()) : nullptr;
+    // Written only in training (checked writeable above); eval reads them (may be read-only).
+    T* prm = rm ? const_cast<T*>(cptr<T>(*rm)) : nullptr;
+    T* prv = rv ? const_cast<T*>(cptr<T>(*rv)) : nullptr;
     T* py_ = y.mutable_data();
     T* pm = mean.mutable_data();
     T* pr = rstd.mutable_data();

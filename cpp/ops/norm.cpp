@@ -157,7 +157,9 @@ void layer_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
 namespace {
 
 constexpr int64_t kBnCols = 1024;   // columns per tile (at most)
-constexpr int64_t kBnTile = 16384;  // elements per tile (rows = kBnTile / columns)
+constexpr int64_t kBnTile = 16384;  // elements per tile (rows = kBnTile / columns) ...
+constexpr int64_t kBnRows = 64;     // ... but at most this many rows: each column is summed
+                                    // sequentially over the rows of a tile, in T
 
 struct BnGeom {
   int64_t N, C, L, K, cpb, nsub, nblk, rows, nrc;
@@ -172,7 +174,7 @@ struct BnGeom {
       nblk = C * nsub;
     }
     const int64_t width = L <= kBnCols ? cpb * L : kBnCols;
-    rows = std::max<int64_t>(1, kBnTile / std::max<int64_t>(width, 1));
+    rows = std::max<int64_t>(1, std::min(kBnRows, kBnTile / std::max<int64_t>(width, 1)));
     nrc = (N + rows - 1) / rows;
   }
   int64_t tiles() const { return nrc * nblk; }
