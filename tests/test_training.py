@@ -240,6 +240,41 @@ def test_optimizer_loads_torch_state_dict(torch, name, kw):
     run_against_torch(torch, s_opt, t_opt, model, tparams, dtype, 3, f"{name} after loading torch state")
 
 
+LAYOUT_CASES = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)),
+                ("AdamW", dict(lr=0.01, amsgrad=True)), ("RMSprop", dict(lr=0.01)),
+                ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5))]
+
+
+@pytest.mark.parametrize("name, kw", LAYOUT_CASES, ids=[f"{n}-{sorted(k)}" for n, k in LAYOUT_CASES])
+def test_optimizer_state_dict_layout_matches_torch(torch, name, kw):
+    """Same 'state' layout as torch.optim: an entry (with the same names, in the same order)
+    only for parameters that have state -- none for SGD without momentum, none for a parameter
+    whose grad is None; group options shared with torch have torch's values."""
+    rng = np.random.default_rng(4)
+    data = [rng.standard_normal(s).astype(np.float32) for s in [(3, 2), (4,), (2, 2)]]
+    params = [nn.Parameter(d) for d in data]
+    tparams = [torch.nn.Parameter(tt(torch, d)) for d in data]
+    params[1].grad = None  # like a parameter that took no part in the loss
+    s_opt, t_opt = getattr(optim, name)(params, **kw), getattr(torch.optim, name)(tparams, **kw)
+    for _ in range(2):
+        for p, tp in zip(params, tparams):
+            if p.grad is not None:
+                p.grad[...] = rng.standard_normal(p.shape)
+                tp.grad = tt(torch, p.grad)
+        s_opt.step()
+        t_opt.step()
+    ssd, tsd = s_opt.state_dict(), t_opt.state_dict()
+    assert list(ssd) == list(tsd) == ["state", "param_groups"]
+    assert list(ssd["state"]) == list(tsd["state"])
+    for i in tsd["state"]:
+        assert list(ssd["state"][i]) == list(tsd["state"][i]), i
+    (sg,), (tg,) = ssd["param_groups"], tsd["param_groups"]
+    assert sg["params"] == tg["params"] == [0, 1, 2]
+    assert set(sg) <= set(tg), set(sg) - set(tg)
+    for k in set(sg) - {"params"}:
+        assert sg[k] == (tuple(tg[k]) if isinstance(tg[k], (list, tuple)) else tg[k]), k
+
+
 OPT_CLASSES = ("SGD", "Adam", "AdamW", "RMSprop")
 
 
@@ -831,6 +866,38 @@ def test_batchnorm1d_state_dict_and_errors(torch):
     d = nn.BatchNorm1d(4).double()
     assert d.running_mean.dtype == np.float64 and d.weight.dtype == np.float64
     assert d(np.ones((3, 4))).dtype == np.float64
+
+
+# ============================================================================ state_dict order
+def test_module_state_dict_order_matches_torch(torch):
+    """Keys in torch's order: each module's own parameters, then its own buffers, then its
+    children recursively (buffers are not gathered at the end)."""
+    seq = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2),
+                        nn.BatchNorm1d(2, affine=False), nn.BatchNorm1d(2, track_running_stats=False))
+    tseq = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                               torch.nn.Linear(4, 2), torch.nn.BatchNorm1d(2, affine=False),
+                               torch.nn.BatchNorm1d(2, track_running_stats=False))
+    assert list(seq.state_dict()) == list(tseq.state_dict())
+
+    class Outer(nn.Module):  # own parameter, then children, one of them nested
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(np.ones(2, np.float32))
+            self.body = nn.Sequential(nn.BatchNorm1d(2), nn.Linear(2, 2))
+            self.norm = nn.BatchNorm1d(2)
+
+    class TOuter(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(2))
+            self.body = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
+            self.norm = torch.nn.BatchNorm1d(2)
+
+    assert list(Outer().state_dict()) == list(TOuter().state_dict())
+    assert list(Net().state_dict()) == [
+        "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0", "lstm.bias_hh_l0", "bn.weight", "bn.bias",
+        "bn.running_mean", "bn.running_var", "bn.num_batches_tracked", "head.weight", "head.bias"]
+    Outer().load_state_dict({k: v.detach().numpy() for k, v in TOuter().state_dict().items()})
 
 
 # ============================================================================ Sequential

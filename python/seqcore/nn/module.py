@@ -111,11 +111,16 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """Copies of every parameter (and buffer) under PyTorch's key names."""
-        out = OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Copies of every parameter and buffer under PyTorch's key names, in PyTorch's order:
+        each module's own parameters, then its own buffers, then its children's (recursively,
+        in registration order)."""
+        out = OrderedDict()
         for mname, m in self.named_modules():
+            prefix = mname + "." if mname else ""
+            for name, p in m._parameters.items():
+                out[prefix + name] = p.data.copy()
             for bname, buf in m._buffers().items():
-                out[(mname + "." if mname else "") + bname] = np.array(buf, copy=True)
+                out[prefix + bname] = np.array(buf, copy=True)
         return out
 
     def _buffers(self):

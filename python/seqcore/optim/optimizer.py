@@ -3,7 +3,9 @@
 ``params`` is an iterable of Parameters or of dicts (parameter groups) with ``params`` and
 per-group options. ``step()`` updates every parameter with a gradient in one fused pass;
 ``zero_grad()``; ``state_dict()`` / ``load_state_dict()`` hold the per-parameter state
-(arrays, keyed by parameter index as PyTorch does) and the groups' options.
+(arrays, keyed by parameter index as PyTorch does; like torch.optim, a parameter gets an entry
+only once it has state, e.g. never for SGD without momentum or a parameter whose ``grad`` is
+None) and the groups' options.
 """
 import copy
 
@@ -56,7 +58,10 @@ class Optimizer:
     def step(self):
         for group in self.param_groups:
             for p in self._params_with_grad(group):
-                self._update(p, group, self.state.setdefault(id(p), {}))
+                st = self.state.get(id(p), {})
+                self._update(p, group, st)
+                if st:  # as torch.optim: no entry for a parameter without state (SGD, momentum 0)
+                    self.state[id(p)] = st
                 p.version += 1
 
     # ------------------------------------------------------------------ state
@@ -67,7 +72,7 @@ class Optimizer:
     def state_dict(self):
         idx, _ = self._index()
         state = {idx[k]: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in s.items()}
-                 for k, s in self.state.items() if k in idx}
+                 for k, s in self.state.items() if k in idx and s}
         groups = []
         for g in self.param_groups:
             d = {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
