@@ -240,6 +240,35 @@ def test_optimizer_loads_torch_state_dict(torch, name, kw):
     run_against_torch(torch, s_opt, t_opt, model, tparams, dtype, 3, f"{name} after loading torch state")
 
 
+def test_optimizer_state_arena_is_aligned_and_disjoint():
+    """State arrays of a large model come from one block per dtype: 64-byte aligned, disjoint
+    (each parameter's state evolves on its own, bitwise as with separate arrays)."""
+    rng = np.random.default_rng(9)
+    shapes = [(300, 1001), (7,), (1000, 999), (33,)]
+    ps = [nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+    ps.append(nn.Parameter(rng.standard_normal(5)))  # float64
+    refs = [nn.Parameter(p.data.copy()) for p in ps]
+    opt, ref = optim.Adam(ps, lr=0.01, amsgrad=True), optim.Adam(refs, lr=0.01, amsgrad=True)
+    ref._arena.zeros = lambda shape, dtype: np.zeros(shape, dtype)  # plain arrays
+    for _ in range(3):
+        for p, r in zip(ps, refs):
+            p.grad[...] = r.grad[...] = rng.standard_normal(p.shape)
+        opt.step()
+        ref.step()
+    arrays = [a for p in ps for a in opt.state[id(p)].values() if isinstance(a, np.ndarray)]
+    assert len(arrays) == 3 * len(ps)
+    f32 = [a for a in arrays if a.dtype == np.float32]  # the float64 state is small: plain arrays
+    for a in f32:
+        assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+    assert all(a.base is not None for a in f32) and len({id(a.base) for a in f32}) == 1
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in f32)
+    assert all(e <= b for (_, e), (b, _) in zip(spans, spans[1:]))
+    for p, r in zip(ps, refs):
+        assert np.array_equal(p.data, r.data)
+        for k, v in ref.state[id(r)].items():
+            assert np.array_equal(opt.state[id(p)][k], v), k
+
+
 LAYOUT_CASES = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)),
                 ("AdamW", dict(lr=0.01, amsgrad=True)), ("RMSprop", dict(lr=0.01)),
                 ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5))]
