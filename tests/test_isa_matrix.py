@@ -1,4 +1,5 @@
-"""The dense, activation, attention and BatchNorm suites again under every other ISA this CPU has.
+"""The dense, activation, attention and BatchNorm suites again under every other ISA this
+CPU has.
 
 The ISA is fixed at import (SEQCORE_ISA), so each one runs in a child pytest.
 SEQCORE_TEST_NO_RECURSE=1 marks the child so that it does not start children itself.
