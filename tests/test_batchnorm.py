@@ -22,7 +22,7 @@ from seqcore import functional as F
 from seqcore import nn
 from seqcore import reference as R
 
-from conftest import assert_close, assert_fd, assert_thread_invariant
+from conftest import assert_close, assert_fd, assert_thread_invariant, run_fuzz_child
 
 FLOATS = (np.float32, np.float64)
 FIDS = ["f32", "f64"]
@@ -471,3 +471,28 @@ def test_bad_input_module():
     bn(np.ones((4, 3), np.float32))
     with pytest.raises(ValueError, match="'dy'"):
         bn.backward(np.ones((4, 4), np.float32))
+
+
+BN_FUZZ = """
+x = arr() if rng.random() < 0.3 else arr(tuple(int(v) for v in rng.integers(0, 6, int(rng.integers(2, 4)))))
+dt = getattr(x, "dtype", np.float64)
+c = x.shape[1] if isinstance(x, np.ndarray) and x.ndim >= 2 else 3
+def chan():
+    return fit((c if rng.random() < 0.9 else c + 1,), dt if rng.random() < 0.9 else None) if rng.random() < 0.8 else None
+rm, rv, w, b = chan(), chan(), chan(), chan()
+training = bool(rng.integers(2))
+r = call("batch_norm", F.batch_norm, x, rm, rv, w, b, training=training, momentum=float(rng.normal()),
+         eps=float(rng.choice([1e-5, 0.0, -1.0, 1.0])))
+if r is not None:
+    y, ctx = r
+    if rng.random() < 0.3:
+        ctx = dict(ctx, mean=like(ctx["mean"]), rstd=like(ctx["rstd"]))
+    call("batch_norm_backward", F.batch_norm_backward, ctx, like(y) if rng.random() < 0.9 else arr())
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bad_input_never_crashes(seed):
+    """Random shapes, dtypes, layouts, read-only / strided running statistics and non-arrays:
+    only ValueError/TypeError/MemoryError, never a crash."""
+    run_fuzz_child(BN_FUZZ, seed=seed, cases=1500)
