@@ -240,33 +240,59 @@ def test_optimizer_loads_torch_state_dict(torch, name, kw):
     run_against_torch(torch, s_opt, t_opt, model, tparams, dtype, 3, f"{name} after loading torch state")
 
 
-def test_optimizer_state_arena_is_aligned_and_disjoint():
-    """State arrays of a large model come from one block per dtype: 64-byte aligned, disjoint
-    (each parameter's state evolves on its own, bitwise as with separate arrays)."""
+def test_parameters_and_state_placed_for_streaming():
+    """Parameters, gradients and optimizer state of 64 KiB .. 4 MiB share 8 MiB blocks
+    (seqcore._arena): 64-byte aligned, disjoint, ordinary writeable arrays; larger ones are
+    aligned allocations of their own, small ones plain arrays. Training with them is bitwise
+    the same as with plain arrays."""
+    from seqcore import _arena
+
     rng = np.random.default_rng(9)
-    shapes = [(300, 1001), (7,), (1000, 999), (33,)]
+    shapes = [(300, 101), (7,), (1000, 1001), (33,), (128, 128)]
     ps = [nn.Parameter(rng.standard_normal(s).astype(np.float32)) for s in shapes]
-    ps.append(nn.Parameter(rng.standard_normal(5)))  # float64
+    ps.append(nn.Parameter(rng.standard_normal((200, 100))))  # float64, 160 KB
     refs = [nn.Parameter(p.data.copy()) for p in ps]
+    for r in refs:  # plain heap arrays for the reference trajectory
+        r.data, r.grad = np.array(r.data), np.zeros(r.shape, r.dtype)
     opt, ref = optim.Adam(ps, lr=0.01, amsgrad=True), optim.Adam(refs, lr=0.01, amsgrad=True)
-    ref._arena.zeros = lambda shape, dtype: np.zeros(shape, dtype)  # plain arrays
+    ref._zeros = lambda p: np.zeros(p.shape, p.dtype)
     for _ in range(3):
         for p, r in zip(ps, refs):
             p.grad[...] = r.grad[...] = rng.standard_normal(p.shape)
         opt.step()
         ref.step()
-    arrays = [a for p in ps for a in opt.state[id(p)].values() if isinstance(a, np.ndarray)]
-    assert len(arrays) == 3 * len(ps)
-    f32 = [a for a in arrays if a.dtype == np.float32]  # the float64 state is small: plain arrays
-    for a in f32:
+    arrays = [a for p in ps for a in [p.data, p.grad] + [v for v in opt.state[id(p)].values()
+                                                          if isinstance(v, np.ndarray)]]
+    assert len(arrays) == 5 * len(ps)
+    big = [a for a in arrays if a.nbytes >= 64 << 10]
+    assert len(big) == 5 * 4
+    for a in big:
         assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
-    assert all(a.base is not None for a in f32) and len({id(a.base) for a in f32}) == 1
-    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in f32)
-    assert all(e <= b for (_, e), (b, _) in zip(spans, spans[1:]))
+    carved = [a for a in big if a.nbytes <= 4 << 20]
+    assert all(a.base is not None and a.base.nbytes >= 8 << 20 for a in carved)
+    spans = sorted((a.ctypes.data, a.ctypes.data + a.nbytes) for a in arrays)
+    assert all(e <= b for (_, e), (b, _) in zip(spans, spans[1:]))  # disjoint
     for p, r in zip(ps, refs):
         assert np.array_equal(p.data, r.data)
         for k, v in ref.state[id(r)].items():
             assert np.array_equal(opt.state[id(p)][k], v), k
+    z = _arena.zeros((3, 40000), np.float32)
+    assert z.shape == (3, 40000) and not z.any() and _arena.zeros((), np.float64).shape == ()
+
+
+def test_load_state_dict_copies_in_place():
+    """As torch's ``copy_``: loading writes into the existing parameter arrays (their
+    placement kept) and bumps ``version`` so cached packed weights are rebuilt."""
+    a, b = nn.Linear(300, 200, rng=1), nn.Linear(300, 200, rng=2)
+    w_before, v_before = b.weight.data, b.weight.version
+    b.load_state_dict(a.state_dict())
+    assert b.weight.data is w_before and b.weight.version == v_before + 1
+    assert np.array_equal(b.weight.data, a.weight.data) and np.array_equal(b.bias.data, a.bias.data)
+    ro = np.zeros((200, 300), np.float32)
+    ro.flags.writeable = False
+    b.weight.data = ro
+    b.load_state_dict(a.state_dict())  # read-only data: replaced by a copy
+    assert b.weight.data is not ro and np.array_equal(b.weight.data, a.weight.data)
 
 
 LAYOUT_CASES = [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)), ("Adam", dict(lr=0.01)),
