@@ -10,23 +10,6 @@
 namespace seqcore {
 namespace {
 
-// An array the kernel writes in place: must already be an ndarray of the call's dtype,
-// C-contiguous, writeable and of the parameter's shape.
-py::array inplace(const py::object& obj, const char* name, FloatType ft, const Shape* shape) {
-  if (!py::isinstance<py::array>(obj))
-    throw py::type_error("argument '" + std::string(name) + "' must be a numpy.ndarray (it is updated in place)");
-  py::array a = py::reinterpret_borrow<py::array>(obj);
-  const int want = ft == FloatType::f32 ? 4 : 8;
-  if (a.dtype().kind() != 'f' || a.itemsize() != want)
-    throw py::type_error("argument '" + std::string(name) + "' must be " + (want == 4 ? "float32" : "float64") +
-                         ", got " + dtype_name(a));
-  if (!a.writeable()) throw py::value_error("argument '" + std::string(name) + "' is read-only");
-  if (!(a.flags() & py::array::c_style))
-    throw py::value_error("argument '" + std::string(name) + "' must be C-contiguous (it is updated in place)");
-  if (shape && shape_of(a) != *shape) shape_error(name, shape_str(*shape), a);
-  return a;
-}
-
 FloatType param_type(const py::object& p) {
   if (!py::isinstance<py::array>(p)) throw py::type_error("argument 'param' must be a numpy.ndarray (it is updated in place)");
   return common_float_type({{p, "param"}});

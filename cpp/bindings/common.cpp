@@ -92,6 +92,21 @@ py::array as_float_array(const py::object& obj, const char* name, FloatType ft) 
   return as_c_array(a, want);
 }
 
+py::array inplace(const py::object& obj, const char* name, FloatType ft, const Shape* shape) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error("argument '" + std::string(name) + "' must be a numpy.ndarray (it is updated in place)");
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  const int want = ft == FloatType::f32 ? 4 : 8;
+  if (a.dtype().kind() != 'f' || a.itemsize() != want)
+    throw py::type_error("argument '" + std::string(name) + "' must be " + (want == 4 ? "float32" : "float64") +
+                         ", got " + dtype_name(a));
+  if (!a.writeable()) throw py::value_error("argument '" + std::string(name) + "' is read-only");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error("argument '" + std::string(name) + "' must be C-contiguous (it is updated in place)");
+  if (shape && shape_of(a) != *shape) shape_error(name, shape_str(*shape), a);
+  return a;
+}
+
 py::array as_index_array(const py::object& obj, const char* name) {
   py::module_ np = py::module_::import("numpy");
   py::array a = py::isinstance<py::array>(obj) ? py::reinterpret_borrow<py::array>(obj)

@@ -38,6 +38,10 @@ FloatType common_float_type(std::initializer_list<In> ins);
 // np.ascontiguousarray(obj, dtype) with TypeError naming `name` for non-numeric input.
 py::array as_float_array(const py::object& obj, const char* name, FloatType ft);
 
+// An array a kernel writes in place: must already be an ndarray of the call's dtype,
+// C-contiguous, writeable and (when `shape` is given) of that shape; errors name `name`.
+py::array inplace(const py::object& obj, const char* name, FloatType ft, const Shape* shape);
+
 // Integer index arrays (any integer dtype) -> contiguous int64.
 py::array as_index_array(const py::object& obj, const char* name);
 

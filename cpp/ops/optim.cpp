@@ -34,6 +34,20 @@ inline int pool_threads(int64_t items) {
   return int(std::min<int64_t>(omp_get_max_threads(), items));
 }
 
+// Software prefetch 2 KiB ahead on a stream, one prefetch per cache line (call at every vector
+// index i of a loop over [0, n)): the hardware prefetchers stop at 4 KiB page boundaries, and
+// parameters allocated one by one from the heap lie on scattered 4 KiB pages. Measured here
+// (Xeon, 1 thread, A/B in one process): an Adam step over 100 separately allocated arrays of
+// 100k floats 8.6-9.3 -> 7.1-7.9 ms (best of 30); 1 KiB and 4 KiB ahead were in between.
+template <class T> inline void ahead_r(const T* x, int64_t i, int64_t n) {
+  constexpr int64_t d = 2048 / int64_t(sizeof(T));
+  if (x && i + d < n) __builtin_prefetch(x + i + d, 0);
+}
+template <class T> inline void ahead_w(const T* x, int64_t i, int64_t n) {
+  constexpr int64_t d = 2048 / int64_t(sizeof(T));
+  if (x && i + d < n) __builtin_prefetch(x + i + d, 1);
+}
+
 // Runs f(begin, end) over [0, n) in fixed chunks, in parallel.
 template <class F> void chunks(int64_t n, F f) {
   const int64_t nch = (n + kChunk - 1) / kChunk;
@@ -52,6 +66,11 @@ template <class T> void sgd_step(T* p, const T* grad, T* buf, int64_t n, const S
   chunks(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i += W) {
       const int cnt = int(std::min<int64_t>(W, e - i));
+      if (line_start<T, W>(i)) {
+        ahead_w(p, i, n);
+        ahead_r(grad, i, n);
+        if (h.momentum != 0) ahead_w(buf, i, n);
+      }
       R pv = V::load_n(p + i, cnt);
       R g = V::mul(sign, V::load_n(grad + i, cnt));
       if (h.weight_decay != 0) g = V::fma(wd, pv, g);
@@ -77,6 +96,13 @@ template <class T> void adam_step(T* p, const T* grad, T* m, T* v, T* vmax, int6
   chunks(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i += W) {
       const int cnt = int(std::min<int64_t>(W, e - i));
+      if (line_start<T, W>(i)) {
+        ahead_w(p, i, n);
+        ahead_r(grad, i, n);
+        ahead_w(m, i, n);
+        ahead_w(v, i, n);
+        if (h.amsgrad) ahead_w(vmax, i, n);
+      }
       R pv = V::load_n(p + i, cnt);
       R g = V::mul(sign, V::load_n(grad + i, cnt));
       if (h.weight_decay != 0) {
@@ -109,6 +135,13 @@ void rmsprop_step(T* p, const T* grad, T* sq, T* gavg, T* buf, int64_t n, const 
   chunks(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i += W) {
       const int cnt = int(std::min<int64_t>(W, e - i));
+      if (line_start<T, W>(i)) {
+        ahead_w(p, i, n);
+        ahead_r(grad, i, n);
+        ahead_w(sq, i, n);
+        if (h.centered) ahead_w(gavg, i, n);
+        if (h.momentum > 0) ahead_w(buf, i, n);
+      }
       R pv = V::load_n(p + i, cnt);
       R g = V::mul(sign, V::load_n(grad + i, cnt));
       if (h.weight_decay != 0) g = V::fma(wd, pv, g);
@@ -158,7 +191,10 @@ void norm_partials(const T* const* xs, const int64_t* ns, int64_t count, double 
       if (inf) {
         auto m = V::zero();
         int64_t i = b;
-        for (; i + W <= e; i += W) m = V::max(V::abs(V::load(x + i)), m);
+        for (; i + W <= e; i += W) {
+          if (line_start<T, W>(i)) ahead_r(x, i, ns[k]);
+          m = V::max(V::abs(V::load(x + i)), m);
+        }
         double r = double(V::reduce_max(m));
         for (; i < e; ++i) r = std::max(r, double(std::fabs(x[i])));
         for (int64_t j = b; j < e; ++j)
@@ -170,7 +206,11 @@ void norm_partials(const T* const* xs, const int64_t* ns, int64_t count, double 
         while (i < e) {
           const int64_t e2 = std::min(e, i + 1024);
           auto s = V::zero();
-          for (; i + W <= e2; i += W) { auto v = V::load(x + i); s = V::fma(v, v, s); }
+          for (; i + W <= e2; i += W) {
+            if (line_start<T, W>(i)) ahead_r(x, i, ns[k]);
+            auto v = V::load(x + i);
+            s = V::fma(v, v, s);
+          }
           double t = double(V::reduce_add(s));
           for (; i < e2; ++i) t += double(x[i]) * double(x[i]);
           acc += t;
@@ -190,6 +230,7 @@ template <class T> void scale_inplace(T* x, int64_t n, T s) {
   chunks(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i += W) {
       const int cnt = int(std::min<int64_t>(W, e - i));
+      if (line_start<T, W>(i)) ahead_w(x, i, n);
       V::store_n(x + i, V::mul(V::load_n(x + i, cnt), sv), cnt);
     }
   });
@@ -202,6 +243,7 @@ template <class T> void clamp_inplace(T* x, int64_t n, T lo, T hi) {
   chunks(n, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; i += W) {
       const int cnt = int(std::min<int64_t>(W, e - i));
+      if (line_start<T, W>(i)) ahead_w(x, i, n);
       auto v = V::load_n(x + i, cnt);
       auto r = V::min(V::max(v, l), h);
       V::store_n(x + i, V::select(V::isnan(v), v, r), cnt);

@@ -156,6 +156,13 @@ struct KernelsT {
   int64_t (*layer_norm_backward_work)(int64_t M, int64_t F);
   void (*layer_norm_backward)(const T* dy, const T* x, const T* mean, const T* rstd, const T* w, int64_t M, int64_t F,
                               T* dx, T* dw, T* db, T* work);
+  // ---- BatchNorm over axis 1 of x (N, C, L) (cpp/ops/norm.h); work: batch_norm_work doubles
+  int64_t (*batch_norm_work)(int64_t N, int64_t C, int64_t L);
+  void (*batch_norm_forward)(const T* x, const T* w, const T* b, T* running_mean, T* running_var, int64_t N,
+                             int64_t C, int64_t L, bool training, double momentum, double eps, T* y, T* mean,
+                             T* rstd, double* work);
+  void (*batch_norm_backward)(const T* dy, const T* x, const T* mean, const T* rstd, const T* w, int64_t N, int64_t C,
+                              int64_t L, bool training, T* dx, T* dw, T* db, double* work);
   // ---- attention (cpp/ops/attention.h)
   void (*attention_forward)(const AttnShape& s, const AttnForwardArgs<T>& a);
   void (*attention_backward)(const AttnShape& s, const AttnBackwardArgs<T>& a);

@@ -44,6 +44,9 @@ template <class T> void fill(KernelsT<T>& k) {
   k.layer_norm_forward = &layer_norm_forward<T>;
   k.layer_norm_backward_work = &layer_norm_backward_work<T>;
   k.layer_norm_backward = &layer_norm_backward<T>;
+  k.batch_norm_work = &batch_norm_work<T>;
+  k.batch_norm_forward = &batch_norm_forward<T>;
+  k.batch_norm_backward = &batch_norm_backward<T>;
   k.attention_forward = &attention_forward<T>;
   k.attention_backward = &attention_backward<T>;
   k.attention_probs = &attention_probs<T>;

@@ -246,5 +246,9 @@ template <> struct Vec<float> : ScalarVec<float> {};
 template <> struct Vec<double> : ScalarVec<double> {};
 #endif
 
+// Software prefetch: in a loop over vector indices i (multiples of W), true at the one i per
+// 64-byte line, so that a prefetch issued there covers every line of a stream once.
+template <class T, int W> inline bool line_start(int64_t i) { return (i & (64 / int64_t(sizeof(T)) - 1)) < W; }
+
 }  // namespace SEQCORE_ISA
 }  // namespace seqcore

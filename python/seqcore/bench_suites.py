@@ -1,8 +1,8 @@
-"""Benchmark suites beyond the foundation: recurrent layers, LayerNorm, optimizers, losses,
-attention and the Transformer encoder layer.
+"""Benchmark suites beyond the foundation: recurrent layers, LayerNorm, BatchNorm, optimizers,
+losses, attention and the Transformer encoder layer.
 
 Registered into :mod:`seqcore.bench` (imported at its end); run them with
-``python -m seqcore bench --suite rnn,layernorm,optim,losses,attention,transformer``. Same rules as there:
+``python -m seqcore bench --suite rnn,layernorm,batchnorm,optim,losses,attention,transformer``. Same rules as there:
 seqcore, the NumPy twin and PyTorch in one process, interleaved, medians.
 """
 import math
@@ -184,6 +184,47 @@ def suite_layernorm(cfg):
     nbytes = 5.0 * x.nbytes
     yield Case("layernorm", f"layer_norm fwd+bwd {M}x{F_}", (M, F_), "float32", con, nbytes=nbytes,
                peak="bw", check=True, notes="bytes = x, y, dy, x, dx (5 passes of M*F floats)")
+
+
+@suite("batchnorm")
+def suite_batchnorm(cfg):
+    """BatchNorm1d training step on (N, C, L): forward (statistics, running-stat update, y)
+    + backward (dx, dweight, dbias)."""
+    torch = cfg.torch
+    N, C, L = (16, 64, 32) if cfg.quick else (256, 512, 128)
+    x = _randn((N, C, L))
+    dy = _randn((N, C, L), scale=0.5)
+    w = np.ones(C, np.float32)
+    b = np.zeros(C, np.float32)
+    rm, rv = np.zeros(C, np.float32), np.ones(C, np.float32)
+    rm_t, rv_t = rm.copy(), rv.copy()
+
+    def sc():
+        y, ctx = F.batch_norm(x, rm, rv, w, b, training=True)
+        return F.batch_norm_backward(ctx, dy)[0]
+
+    def twin():
+        y, ctx = R.batch_norm(x, rm_t, rv_t, w, b, training=True)
+        return R.batch_norm_backward(ctx, dy)[0]
+
+    con = {"seqcore": Contender(sc, "functional.batch_norm(training=True) + batch_norm_backward"),
+           "numpy": Contender(twin, "reference.batch_norm + backward")}
+    if torch is not None:
+        bn = torch.nn.BatchNorm1d(C)
+        tx = torch.from_numpy(x).requires_grad_()
+        tdy = torch.from_numpy(dy)
+
+        def tt():
+            tx.grad = None
+            bn.weight.grad = bn.bias.grad = None
+            bn(tx).backward(tdy)
+            return tx.grad.numpy()
+
+        con["torch"] = Contender(tt, "torch.nn.BatchNorm1d (train) forward + backward")
+    # bytes: forward reads x twice (statistics, then y) and writes y; backward reads dy and x
+    # twice (sums, then dx) and writes dx
+    yield Case("batchnorm", f"batch_norm fwd+bwd {N}x{C}x{L}", (N, C, L), "float32", con, nbytes=8.0 * x.nbytes,
+               peak="bw", check=True, notes="bytes = x, x, y, dy, x, dy, x, dx (8 passes of N*C*L floats)")
 
 
 @suite("optim")

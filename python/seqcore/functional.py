@@ -16,6 +16,7 @@ __all__ = [
     "rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
     "cross_entropy", "cross_entropy_backward", "mse_loss", "mse_loss_backward",
     "layer_norm", "layer_norm_backward",
+    "batch_norm", "batch_norm_backward",
     "scaled_dot_product_attention", "scaled_dot_product_attention_backward",
     "multi_head_attention", "multi_head_attention_backward",
     "embedding", "embedding_backward", "dropout", "dropout_backward", "sinusoidal_positional_encoding",
@@ -370,6 +371,32 @@ def layer_norm_backward(ctx, dy):
     Returns ``(dx, dweight or None, dbias or None)``."""
     return _core.layer_norm_backward(dy, ctx["x"], ctx["mean"], ctx["rstd"], ctx["normalized_shape"],
                                      ctx["weight"], ctx["weight"] is not None, ctx["has_bias"], True)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """Batch normalization over channel axis 1 of x (N, C) or (N, C, L) (PyTorch
+    ``F.batch_norm``, same arguments and defaults): ``y = (x - mu) / sqrt(var + eps) * weight +
+    bias`` per channel, over its n = N (or N L) values.
+
+    ``training=True``: mu and the biased var of the batch; ``running_mean`` / ``running_var``
+    (C,), when given, are updated **in place** (float ndarrays of x's dtype, C-contiguous):
+    ``r = (1 - momentum) r + momentum s`` with s = mu, and s = the unbiased var n/(n-1) var; n
+    must be > 1. ``training=False``: mu, var = running_mean, running_var (required). weight,
+    bias (C,) or None. Returns ``(y, ctx)``; ctx keeps x, the per-channel mean and 1/std for
+    :func:`batch_norm_backward`. The statistics are fixed-order sums (same bits for any thread
+    count); the twin is :func:`seqcore.reference.batch_norm`."""
+    y, mean, rstd = _core.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+    return y, {"x": x, "mean": mean, "rstd": rstd, "weight": weight, "has_bias": bias is not None,
+               "training": bool(training)}
+
+
+def batch_norm_backward(ctx, dy):
+    """Gradients of :func:`batch_norm` with ``xhat = (x - mu) rstd``: ``dbias = sum dy``,
+    ``dweight = sum dy xhat`` (over the batch and length axes) and, in training,
+    ``dx = weight rstd / n (n dy - sum dy - xhat sum dy xhat)`` (eval: ``dx = weight rstd dy``).
+    Returns ``(dx, dweight or None, dbias or None)``."""
+    return _core.batch_norm_backward(dy, ctx["x"], ctx["mean"], ctx["rstd"], ctx["weight"], ctx["training"],
+                                     ctx["weight"] is not None, ctx["has_bias"], True)
 
 
 # ----------------------------------------------------------------------------- attention

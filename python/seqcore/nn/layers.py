@@ -14,7 +14,6 @@ import numpy as np
 from seqcore import functional as F
 from seqcore import init
 from seqcore.nn.module import Module, Parameter, make_rng
-from seqcore.reference import norm as _norm_twin
 
 __all__ = ["Linear", "Identity", "ReLU", "LeakyReLU", "PReLU", "Tanh", "Sigmoid", "SiLU", "GELU",
            "Sequential", "CrossEntropyLoss", "MSELoss", "BatchNorm1d"]
@@ -319,8 +318,10 @@ class BatchNorm1d(Module):
 
     Parameters ``weight`` (C,) = 1 and ``bias`` (C,) = 0 (``affine``); buffers
     ``running_mean`` (C,) = 0, ``running_var`` (C,) = 1 and ``num_batches_tracked`` (an int;
-    a 0-d int64 array in ``state_dict``) when ``track_running_stats``. The math is the NumPy
-    twin :func:`seqcore.reference.batch_norm` (vectorised, one pass per statistic).
+    a 0-d int64 array in ``state_dict``) when ``track_running_stats``. Computed by the fused
+    C++ kernels :func:`seqcore.functional.batch_norm` / ``batch_norm_backward`` (statistics
+    from one read of x, bitwise the same for any thread count); the NumPy twin
+    :func:`seqcore.reference.batch_norm` states the math.
     """
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, *,
@@ -400,8 +401,8 @@ class BatchNorm1d(Module):
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
         stats = track or not use_batch
-        y, ctx = _norm_twin.batch_norm(x, self.running_mean if stats else None, self.running_var if stats else None,
-                                       w, b, training=use_batch, momentum=m, eps=self.eps)
+        y, ctx = F.batch_norm(x, self.running_mean if stats else None, self.running_var if stats else None,
+                              w, b, training=use_batch, momentum=m, eps=self.eps)
         self._cache = ctx
         return y
 
@@ -409,9 +410,9 @@ class BatchNorm1d(Module):
         """dy (shape of x) -> dx; adds into ``weight.grad`` / ``bias.grad``."""
         ctx = _cached(self)
         dy = np.asarray(dy)
-        if dy.shape != ctx["xhat"].shape:
-            raise ValueError(f"argument 'dy' must have the output's shape {ctx['xhat'].shape}, got {dy.shape}")
-        dx, dw, db = _norm_twin.batch_norm_backward(ctx, dy.astype(self._dtype, copy=False))
+        if dy.shape != ctx["x"].shape:
+            raise ValueError(f"argument 'dy' must have the output's shape {ctx['x'].shape}, got {dy.shape}")
+        dx, dw, db = F.batch_norm_backward(ctx, dy.astype(self._dtype, copy=False))
         if self.weight is not None:
             self.weight.grad += dw
             self.bias.grad += db

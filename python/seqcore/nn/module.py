@@ -7,6 +7,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from seqcore import _arena
+
 
 class Parameter:
     """A trainable array: ``.data`` (the value) and ``.grad`` (same shape and dtype).
@@ -18,11 +20,11 @@ class Parameter:
     __slots__ = ("_data", "grad", "version")
 
     def __init__(self, data, dtype=None):
-        arr = np.array(data, dtype=dtype, copy=True, order="C")
+        arr = np.asarray(data, dtype=dtype)
         if arr.dtype.kind != "f":
             raise TypeError(f"Parameter data must be a float array, got {arr.dtype}")
-        self._data = arr
-        self.grad = np.zeros_like(arr)
+        self._data = _arena.copy_of(arr)  # a copy, placed for streaming (see seqcore._arena)
+        self.grad = _arena.zeros(arr.shape, arr.dtype)
         self.version = 0
 
     @property
@@ -33,7 +35,7 @@ class Parameter:
     def data(self, value):
         arr = np.asarray(value, order="C")  # keeps 0-d shapes (ascontiguousarray would not)
         if arr.shape != self._data.shape:
-            self.grad = np.zeros_like(arr)
+            self.grad = _arena.zeros(arr.shape, arr.dtype)
         self._data = arr
         self.version += 1
 
@@ -111,11 +113,16 @@ class Module:
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
-        """Copies of every parameter (and buffer) under PyTorch's key names."""
-        out = OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        """Copies of every parameter and buffer under PyTorch's key names, in PyTorch's order:
+        each module's own parameters, then its own buffers, then its children's (recursively,
+        in registration order)."""
+        out = OrderedDict()
         for mname, m in self.named_modules():
+            prefix = mname + "." if mname else ""
+            for name, p in m._parameters.items():
+                out[prefix + name] = p.data.copy()
             for bname, buf in m._buffers().items():
-                out[(mname + "." if mname else "") + bname] = np.array(buf, copy=True)
+                out[prefix + bname] = np.array(buf, copy=True)
         return out
 
     def _buffers(self):
@@ -151,7 +158,11 @@ class Module:
             raise ValueError("load_state_dict: wrong shapes: " + "; ".join(bad))
         for k, p in own.items():
             if k in given:
-                p.data = given[k].astype(p.dtype, copy=True)
+                if p.data.flags.writeable and p.data.flags.c_contiguous:  # in place, as torch's copy_
+                    p.data[...] = given[k]
+                    p.version += 1
+                else:
+                    p.data = _arena.copy_of(given[k].astype(p.dtype))
         for k, (m, bname) in buffers.items():
             if k in given:
                 m._load_buffer(bname, given[k])
@@ -163,8 +174,8 @@ class Module:
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
         for p in self.parameters():
-            p.data = p.data.astype(dtype)
-            p.grad = p.grad.astype(dtype)
+            p.data = _arena.copy_of(p.data.astype(dtype))
+            p.grad = _arena.copy_of(p.grad.astype(dtype))
         return self
 
     def float(self):

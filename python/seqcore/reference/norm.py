@@ -129,7 +129,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Tr
     bshape = (1, C) + (1,) * (x.ndim - 2)
     dt = x.dtype.type
     if training:
-        n = x.size // C if C else 0
+        n = x.shape[0] * (x.shape[2] if x.ndim == 3 else 1)  # values per channel
         if n <= 1:
             raise ValueError(f"batch_norm: expected more than 1 value per channel when "
                              f"training, got input of shape {x.shape}")
