@@ -13,7 +13,8 @@ import pytest
 import seqcore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITE = ["tests/test_dense.py", "tests/test_activations.py", "tests/test_attention.py", "tests/test_batchnorm.py"]
+SUITE = ["tests/test_dense.py", "tests/test_activations.py", "tests/test_attention.py", "tests/test_batchnorm.py",
+         "tests/test_layernorm.py"]
 ISAS = ["scalar", "avx2", "avx512"]
 
 
