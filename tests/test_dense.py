@@ -769,6 +769,51 @@ def test_packed_matrix_errors():
         sq.matmul(a, out=a)
 
 
+# ----------------------------------------------------------------------------- tile edges
+# The register tile is 6 rows (row panels balanced to 5..6 rows; fewer for m < 5) by NR
+# columns: 64 float32 / 32 float64 on AVX-512, 16 / 8 on AVX2, 4 scalar; k blocks of 256.
+# Pre-packed products with up to 32 row panels (m <= 192) stream B panel by panel, larger
+# ones go through L2-sized B blocks.
+TILE_M = (1, 4, 5, 6, 7, 11, 12, 13, 191, 192, 193)
+TILE_N = (15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 129)
+TILE_K = (1, 255, 256, 257)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("m", TILE_M)
+def test_matmul_and_packed_around_tile_sizes(m, dtype, rng):
+    for n in TILE_N:
+        for k in TILE_K:
+            a, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
+            check_matmul(a, b, dtype)
+            exp, scale = mm_expected(a, b)
+            assert_close(seqcore.PackedMatrix(b).matmul(a), exp, "gemm", dtype, scale=scale)
+    for ta, tb in [(True, False), (False, True), (True, True)]:
+        a, b = operand(rng, m, 257, dtype, ta), operand(rng, 257, 65, dtype, tb)
+        check_matmul(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_element_bits_do_not_depend_on_tile_or_path(dtype, rng):
+    """Each element of C is one FMA chain over k (fixed 256-deep blocks) whatever tile shape,
+    row panel, column block or code path computes it, so sub-products are bitwise slices of
+    the full product, and the pre-packed engine gives the same bits as the plain one."""
+    m, n, k = 200, 130, 300
+    a, b = randn(rng, (m, k), dtype), randn(rng, (k, n), dtype)
+    full = F.matmul(a, b)
+    for rows in (slice(0, 1), slice(0, 4), slice(3, 10), slice(5, 200), slice(199, 200)):
+        np.testing.assert_array_equal(F.matmul(a[rows], b), full[rows], err_msg=str(rows))
+    for cols in (slice(0, 1), slice(7, 70), slice(64, 130)):
+        np.testing.assert_array_equal(F.matmul(a, np.ascontiguousarray(b[:, cols])), full[:, cols],
+                                      err_msg=str(cols))
+    p = seqcore.PackedMatrix(b)
+    np.testing.assert_array_equal(p.matmul(a), full)
+    for rows in (slice(0, 1), slice(0, 4), slice(10, 60), slice(0, 192)):
+        np.testing.assert_array_equal(p.matmul(a[rows]), full[rows], err_msg=str(rows))
+    pt = seqcore.PackedMatrix(np.ascontiguousarray(b.T), trans=True)
+    np.testing.assert_array_equal(pt.matmul(a), full)
+
+
 # ----------------------------------------------------------------------------- threads
 
 

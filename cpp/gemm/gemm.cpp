@@ -1,7 +1,8 @@
-// GEMM engine (compiled once per ISA). Loop nest, BLIS-style:
-//   jc over n by NC -> pc over k by KC -> pack B (kc x nc) -> ic over m by MC -> pack A (mc x kc)
-//   -> jr over NR panels -> ir over MR panels -> microkernel (MR x NR tile in registers).
-// Packed A panel: a[k*MR + i]; packed B panel: b[k*NR + j]; zero-padded at the edges.
+// GEMM engine (compiled once per ISA). Loop nest, BLIS-style with the A micro-panel in L1:
+//   jc over n by NC -> pc over k by KC -> pack B block (kc x nc, stays in L2)
+//   -> row panels of <= MR rows: pack the A micro-panel (mr x kc, stays in L1)
+//   -> jr over NR-wide B panels -> microkernel (mr x NR tile in registers) -> epilogue.
+// Packed A micro-panel: a[k*MR + i]; packed B panel: b[k*NR + j], zero-padded to NR columns.
 #include "gemm/gemm.h"
 
 #include <omp.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "simd/act.h"
 #include "simd/vec.h"
@@ -18,138 +20,125 @@ namespace seqcore {
 namespace SEQCORE_ISA {
 namespace {
 
-// Register tile MR x (NV vectors) and cache blocks per ISA and dtype.
+// Register tile MR x (NV vectors) and cache blocks per ISA and dtype. The loop nest keeps
+// one packed A micro-panel (MR x KC) in L1 and streams the packed B block (KC x NC) from L2
+// past it, so KC * NC * sizeof(T) is sized for the L2 (~1 MiB of a 2 MiB L2) and
+// KC * NR * sizeof(T) (one B micro-panel) streams through L1 per tile.
+//   AVX-512: 6 x 64 floats (6 x 32 doubles): 24 accumulators hide 2 FMA ports x 4 cycles of
+//   latency three times over; per k step 4 vector loads + 6 broadcasts for 24 FMAs (under
+//   the 2 loads/cycle limit).  AVX2: the classic 6 x 16 (12 accumulators, 15 of 16 ymm).
 template <class T> struct Cfg;
 #if defined(__AVX512F__)
-template <> struct Cfg<float> { static constexpr int MR = 8, NV = 2, KC = 384, MC = 96, NC = 3072; };
-template <> struct Cfg<double> { static constexpr int MR = 8, NV = 2, KC = 256, MC = 96, NC = 1536; };
+template <> struct Cfg<float> { static constexpr int MR = 6, NV = 4, KC = 256, NC = 1024; };
+template <> struct Cfg<double> { static constexpr int MR = 6, NV = 4, KC = 256, NC = 512; };
 #elif defined(__AVX2__)
-template <> struct Cfg<float> { static constexpr int MR = 6, NV = 2, KC = 384, MC = 96, NC = 3072; };
-template <> struct Cfg<double> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 96, NC = 1536; };
+template <> struct Cfg<float> { static constexpr int MR = 6, NV = 2, KC = 256, NC = 1024; };
+template <> struct Cfg<double> { static constexpr int MR = 6, NV = 2, KC = 256, NC = 512; };
 #else
-template <> struct Cfg<float> { static constexpr int MR = 4, NV = 4, KC = 256, MC = 64, NC = 1024; };
-template <> struct Cfg<double> { static constexpr int MR = 4, NV = 4, KC = 256, MC = 64, NC = 1024; };
+template <> struct Cfg<float> { static constexpr int MR = 4, NV = 4, KC = 256, NC = 1024; };
+template <> struct Cfg<double> { static constexpr int MR = 4, NV = 4, KC = 256, NC = 512; };
 #endif
 
 template <class T> constexpr int NR = Cfg<T>::NV * Vec<T>::W;
 
-thread_local Scratch tls_a, tls_b, tls_tile;
+thread_local Scratch tls_a, tls_b;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---------------------------------------------------------------- microkernel
-// C[0:MR, 0:NR] = alpha * sum_k a[:,k] b[k,:] + beta * C   (beta == 0: C is not read)
-template <class T>
-inline void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c,
-                int64_t ldc, T alpha, T beta) {
+// C[0:MB, 0:nb] = alpha * sum_k a[:,k] b[k,:] + beta * C   (beta == 0: C is not read).
+// a: packed A micro-panel a[k*MR + i] (i < MB); b: packed B micro-panel b[k*NR + j], zero
+// padded to NR columns. MB <= MR rows, NVB <= NV vectors; MASK: the last vector has only
+// `cnt` valid lanes (the tile's right edge). Every element of C sees the same arithmetic
+// (one FMA chain over k in ascending order, then the same alpha/beta step) whatever the tile
+// shape, so edge tiles and any split over threads give bitwise the same numbers as full tiles.
+// The C tile is prefetched during the last MB k steps (earlier, the streaming B panel would
+// evict it from L1 again). pf, npf: npf cache lines from pf on are prefetched into L2 during
+// the first npf k steps (the next B panel, when B streams from memory; npf = 0: none).
+template <class T, int MB, int NVB, bool MASK>
+void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t ldc, T alpha, T beta,
+         int cnt, const T* pf, int64_t npf) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int MR = Cfg<T>::MR, NV = Cfg<T>::NV, W = V::W, NRv = NR<T>;
-  R acc[MR][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    __builtin_prefetch(c + i * ldc, 1, 3);  // the C tile is needed at the end: start fetching
-    __builtin_prefetch(c + i * ldc + NRv - 1, 1, 3);
+  constexpr int MR = Cfg<T>::MR, W = V::W, NRv = NR<T>;
+  R acc[MB][NVB];
+#pragma GCC unroll 8
+  for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) acc[i][j] = V::zero();
-  }
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    R bv[NV];
+    for (int j = 0; j < NVB; ++j) acc[i][j] = V::zero();
+  auto step = [&](int64_t k) __attribute__((always_inline)) {
+    R bv[NVB];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = V::load(b + k * NRv + j * W);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NVB; ++j) bv[j] = V::load(b + k * NRv + j * W);
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i) {
       R av = V::set1(a[k * MR + i]);
 #pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+      for (int j = 0; j < NVB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
-  }
-  R va = V::set1(alpha);
-  if (beta == T(0)) {
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) V::store(c + i * ldc + j * W, V::mul(va, acc[i][j]));
-  } else {
-    R vb = V::set1(beta);
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        T* p = c + i * ldc + j * W;
-        V::store(p, V::fma(va, acc[i][j], V::mul(vb, V::load(p))));
-      }
-  }
-}
-
-// Edge tile (mb < MR or nb < NR): run the same microkernel on a scratch tile so every element
-// sees exactly the arithmetic of a full tile.
-template <class T>
-inline void ukr_edge(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta,
-                     int64_t mb, int64_t nb) {
-  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
-  alignas(64) T tile[MR * NRv];
-  if (beta != T(0)) {
-    std::memset(tile, 0, sizeof tile);
-    for (int64_t i = 0; i < mb; ++i) std::memcpy(tile + i * NRv, c + i * ldc, nb * sizeof(T));
-  }
-  ukr<T>(kc, a, b, tile, NRv, alpha, beta);
-  for (int64_t i = 0; i < mb; ++i) std::memcpy(c + i * ldc, tile + i * NRv, nb * sizeof(T));
-}
-
-// Few rows (m <= kSmallM, a GEMV-like product such as a streaming recurrent step): A is read
-// in place (no packing) and the B panel streams once; two accumulator sets over even/odd k
-// hide FMA latency. C[0:MS, 0:nb] = alpha * A B + beta * C.
-constexpr int kSmallM = 4;
-
-template <class T, int MS>
-inline void ukr_small(int64_t kc, const T* __restrict a, int64_t lda, const T* __restrict b, T* c, int64_t ldc,
-                      T alpha, T beta, int64_t nb) {
-  using V = Vec<T>;
-  using R = typename V::R;
-  constexpr int NV = Cfg<T>::NV, W = V::W, NRv = NR<T>;
-  R acc0[MS][NV], acc1[MS][NV];
-  for (int i = 0; i < MS; ++i)
-    for (int j = 0; j < NV; ++j) acc0[i][j] = acc1[i][j] = V::zero();
+  };
+  const int64_t kp = kc > MB ? kc - MB : 0, kq = std::min(npf, kp);
   int64_t k = 0;
-  for (; k + 2 <= kc; k += 2) {
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) {
-      R b0 = V::load(b + k * NRv + j * W), b1 = V::load(b + (k + 1) * NRv + j * W);
-#pragma GCC unroll 4
-      for (int i = 0; i < MS; ++i) {
-        acc0[i][j] = V::fma(V::set1(a[i * lda + k]), b0, acc0[i][j]);
-        acc1[i][j] = V::fma(V::set1(a[i * lda + k + 1]), b1, acc1[i][j]);
-      }
-    }
+  for (; k < kq; ++k) {
+    __builtin_prefetch(pf + k * (64 / sizeof(T)), 0, 2);
+    step(k);
   }
-  if (k < kc)
-    for (int j = 0; j < NV; ++j) {
-      R b0 = V::load(b + k * NRv + j * W);
-      for (int i = 0; i < MS; ++i) acc0[i][j] = V::fma(V::set1(a[i * lda + k]), b0, acc0[i][j]);
-    }
-  const R va = V::set1(alpha), vb = V::set1(beta);
-  for (int i = 0; i < MS; ++i)
-    for (int j = 0; j < NV; ++j) {
-      int64_t cnt = std::min<int64_t>(W, nb - j * W);
-      if (cnt <= 0) break;
-      T* p = c + i * ldc + j * W;
-      R r = V::mul(va, V::add(acc0[i][j], acc1[i][j]));
-      if (beta != T(0)) r = V::fma(vb, V::load_n(p, int(cnt)), r);
-      V::store_n(p, r, int(cnt));
-    }
+#pragma GCC unroll 4
+  for (; k < kp; ++k) step(k);
+  for (; k < kc; ++k) {
+    const T* row = c + (k - kp) * ldc;
+#pragma GCC unroll 4
+    for (int j = 0; j < NVB; ++j) __builtin_prefetch(row + j * W, 0, 3);
+    step(k);
+  }
+  const R va = V::set1(alpha);
+  if (beta == T(0)) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NVB; ++j) {
+        T* p = c + i * ldc + j * W;
+        if (MASK && j == NVB - 1) V::store_n(p, V::mul(va, acc[i][j]), cnt);
+        else V::store(p, V::mul(va, acc[i][j]));
+      }
+  } else {
+    const R vb = V::set1(beta);
+#pragma GCC unroll 8
+    for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NVB; ++j) {
+        T* p = c + i * ldc + j * W;
+        if (MASK && j == NVB - 1) V::store_n(p, V::fma(va, acc[i][j], V::mul(vb, V::load_n(p, cnt))), cnt);
+        else V::store(p, V::fma(va, acc[i][j], V::mul(vb, V::load(p))));
+      }
+  }
 }
 
-template <class T>
-void ukr_small_any(int ms, int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, T alpha, T beta,
-                   int64_t nb) {
-  switch (ms) {
-    case 1: return ukr_small<T, 1>(kc, a, lda, b, c, ldc, alpha, beta, nb);
-    case 2: return ukr_small<T, 2>(kc, a, lda, b, c, ldc, alpha, beta, nb);
-    case 3: return ukr_small<T, 3>(kc, a, lda, b, c, ldc, alpha, beta, nb);
-    default: return ukr_small<T, 4>(kc, a, lda, b, c, ldc, alpha, beta, nb);
+template <class T> using UkrFn = void (*)(int64_t, const T*, const T*, T*, int64_t, T, T, int, const T*, int64_t);
+
+// Table of microkernels by tile shape: kUkr<T>.fn[mb][nv][masked], 1 <= mb <= MR, 1 <= nv <= NV.
+template <class T, int MB, int... NVs>
+constexpr void fill_nv(UkrFn<T> (&row)[Cfg<T>::NV + 1][2], std::integer_sequence<int, NVs...>) {
+  ((row[NVs + 1][0] = &ukr<T, MB, NVs + 1, false>, row[NVs + 1][1] = &ukr<T, MB, NVs + 1, true>), ...);
+}
+template <class T> struct UkrTable {
+  UkrFn<T> fn[Cfg<T>::MR + 1][Cfg<T>::NV + 1][2] = {};
+  template <int... MBs> constexpr void fill(std::integer_sequence<int, MBs...>) {
+    (fill_nv<T, MBs + 1>(fn[MBs + 1], std::make_integer_sequence<int, Cfg<T>::NV>{}), ...);
   }
+  constexpr UkrTable() { fill(std::make_integer_sequence<int, Cfg<T>::MR>{}); }
+};
+template <class T> constexpr UkrTable<T> kUkr{};
+
+// Runs the tile kernel on an mb x nb tile; meanwhile prefetches npf cache lines from pf on
+// (one per k step) into L2.
+template <class T>
+inline void run_tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta, int64_t mb, int64_t nb,
+                     const T* pf = nullptr, int64_t npf = 0) {
+  constexpr int W = Vec<T>::W;
+  const int nv = int((nb + W - 1) / W), cnt = int(nb - (nv - 1) * W);
+  kUkr<T>.fn[mb][nv][cnt != W](kc, a, b, c, ldc, alpha, beta, cnt, pf, npf);
 }
 
 // ---------------------------------------------------------------- epilogue
@@ -198,89 +187,207 @@ inline void transpose8x8(const float* src, int64_t lds, float* dst, int64_t ldd)
   _mm256_storeu_ps(dst + 6 * ldd, _mm256_permute2f128_ps(u2, u6, 0x31));
   _mm256_storeu_ps(dst + 7 * ldd, _mm256_permute2f128_ps(u3, u7, 0x31));
 }
+
+// dst[c * ldd + r] = src[r * lds + c] for a 4 x 4 block of doubles.
+inline void transpose4x4(const double* src, int64_t lds, double* dst, int64_t ldd) {
+  __m256d r0 = _mm256_loadu_pd(src + 0 * lds), r1 = _mm256_loadu_pd(src + 1 * lds);
+  __m256d r2 = _mm256_loadu_pd(src + 2 * lds), r3 = _mm256_loadu_pd(src + 3 * lds);
+  __m256d t0 = _mm256_unpacklo_pd(r0, r1), t1 = _mm256_unpackhi_pd(r0, r1);
+  __m256d t2 = _mm256_unpacklo_pd(r2, r3), t3 = _mm256_unpackhi_pd(r2, r3);
+  _mm256_storeu_pd(dst + 0 * ldd, _mm256_permute2f128_pd(t0, t2, 0x20));
+  _mm256_storeu_pd(dst + 1 * ldd, _mm256_permute2f128_pd(t1, t3, 0x20));
+  _mm256_storeu_pd(dst + 2 * ldd, _mm256_permute2f128_pd(t0, t2, 0x31));
+  _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
+}
+
+// Six rows of a row-major matrix (stride lds), columns [0, cols) -> dst[c * 6 + r]: the A
+// micro-panel layout for MR = 6. Rows 0-3 go through 4 x 8 (4 x 4) transposes, rows 4-5
+// through one interleave.
+inline int64_t pack_rows6(const float* s, int64_t lds, int64_t cols, float* d) {
+  int64_t c0 = 0;
+  for (; c0 + 8 <= cols; c0 += 8) {
+    const float* p = s + c0;
+    __m256 r0 = _mm256_loadu_ps(p), r1 = _mm256_loadu_ps(p + lds), r2 = _mm256_loadu_ps(p + 2 * lds);
+    __m256 r3 = _mm256_loadu_ps(p + 3 * lds), r4 = _mm256_loadu_ps(p + 4 * lds), r5 = _mm256_loadu_ps(p + 5 * lds);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);  // cols 0|4, 1|5
+    __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);  // cols 2|6, 3|7
+    __m256 v0 = _mm256_unpacklo_ps(r4, r5), v1 = _mm256_unpackhi_ps(r4, r5);            // cols 0,1|4,5; 2,3|6,7
+    float* q = d + c0 * 6;
+    const __m256 u[4] = {u0, u1, u2, u3};
+    for (int c = 0; c < 4; ++c) {
+      _mm_storeu_ps(q + c * 6, _mm256_castps256_ps128(u[c]));
+      _mm_storeu_ps(q + (c + 4) * 6, _mm256_extractf128_ps(u[c], 1));
+    }
+    const __m128 v0l = _mm256_castps256_ps128(v0), v0h = _mm256_extractf128_ps(v0, 1);
+    const __m128 v1l = _mm256_castps256_ps128(v1), v1h = _mm256_extractf128_ps(v1, 1);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 0 * 6 + 4), v0l);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 1 * 6 + 4), v0l);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 2 * 6 + 4), v1l);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 3 * 6 + 4), v1l);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 4 * 6 + 4), v0h);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 5 * 6 + 4), v0h);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 6 * 6 + 4), v1h);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 7 * 6 + 4), v1h);
+  }
+  return c0;
+}
+inline int64_t pack_rows6(const double* s, int64_t lds, int64_t cols, double* d) {
+  int64_t c0 = 0;
+  for (; c0 + 4 <= cols; c0 += 4) {
+    double* q = d + c0 * 6;
+    transpose4x4(s + c0, lds, q, 6);
+    __m256d r4 = _mm256_loadu_pd(s + 4 * lds + c0), r5 = _mm256_loadu_pd(s + 5 * lds + c0);
+    __m256d v0 = _mm256_unpacklo_pd(r4, r5), v1 = _mm256_unpackhi_pd(r4, r5);  // cols 0|2, 1|3
+    _mm_storeu_pd(q + 0 * 6 + 4, _mm256_castpd256_pd128(v0));
+    _mm_storeu_pd(q + 1 * 6 + 4, _mm256_castpd256_pd128(v1));
+    _mm_storeu_pd(q + 2 * 6 + 4, _mm256_extractf128_pd(v0, 1));
+    _mm_storeu_pd(q + 3 * 6 + 4, _mm256_extractf128_pd(v1, 1));
+  }
+  return c0;
+}
 #endif
 
-// Generic strided transpose: dst[c * ldd + r] = src[r * lds + c], rows x cols, 8x8 blocks
-// through SIMD where the ISA has them.
+// Generic strided transpose: dst[c * ldd + r] = src[r * lds + c], rows x cols; blocks of
+// 8 float rows / 4 double rows go through SIMD where the ISA has it.
+template <class T> constexpr int kTransRows = std::is_same_v<T, float> ? 8 : 4;
 template <class T>
 inline void transpose_block(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, int64_t ldd) {
   int64_t c0 = 0;
 #if defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {
-    if (rows == 8) {
+  if (rows == kTransRows<T>) {
+    if constexpr (std::is_same_v<T, float>) {
       for (; c0 + 8 <= cols; c0 += 8) transpose8x8(src + c0, lds, dst + c0 * ldd, ldd);
+    } else {
+      for (; c0 + 4 <= cols; c0 += 4) transpose4x4(src + c0, lds, dst + c0 * ldd, ldd);
     }
   }
 #endif
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = c0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
+
+// Rows [0, mb) (mb <= MR) of op(A)[:, 0:kc] -> the micro-panel layout dst[k * MR + i].
+// Rows mb..MR-1 are left alone: the mb-row microkernel never reads them.
 template <class T>
-void pack_a_block(bool ta, int64_t mc, int64_t kc, const T* a, int64_t lda, T* dst) {
+void pack_a_panel(bool ta, int64_t mb, int64_t kc, const T* a, int64_t lda, T* dst) {
   constexpr int MR = Cfg<T>::MR;
-  for (int64_t i0 = 0; i0 < mc; i0 += MR) {
-    int64_t mb = std::min<int64_t>(MR, mc - i0);
-    T* d = dst + i0 * kc;
-    if (!ta) {
-      transpose_block<T>(a + i0 * lda, lda, mb, kc, d, MR);
-      for (int64_t i = mb; i < MR; ++i)
-        for (int64_t k = 0; k < kc; ++k) d[k * MR + i] = T(0);
-    } else {
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* s = a + k * lda + i0;
-        int64_t i = 0;
-        for (; i < mb; ++i) d[k * MR + i] = s[i];
-        for (; i < MR; ++i) d[k * MR + i] = T(0);
-      }
-    }
+  if (ta) {  // op(A)[i, k] = a[k * lda + i]: already k-major
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t i = 0; i < mb; ++i) dst[k * MR + i] = a[k * lda + i];
+    return;
   }
+  int64_t k0 = 0;
+#if defined(__AVX2__)
+  if constexpr (MR == 6) {
+    if (mb == 6) k0 = pack_rows6(a, lda, kc, dst);
+  }
+#endif
+  for (int64_t i = 0; i < mb; ++i)
+    for (int64_t k = k0; k < kc; ++k) dst[k * MR + i] = a[i * lda + k];
 }
 
-// Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) panels of kc x NR.
+// Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) panels of kc x NR (zero-padded to NR columns).
+// Row-major B goes 8 rows at a time: those rows stay in L1 while each panel gets its 8 rows
+// as one contiguous piece (panel by panel over all k, the source would jump a row stride
+// every NR columns; row by row over all panels, the writes would go to nc/NR streams that
+// lie a multiple of 4 KiB apart and fight over the same cache sets).
 template <class T>
 void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* dst) {
-  constexpr int NRv = NR<T>;
+  constexpr int NRv = NR<T>, KB = 8;
+  if (!tb) {
+    const int64_t nfull = nc / NRv * NRv, tail = nc - nfull;
+    for (int64_t k0 = 0; k0 < kc; k0 += KB) {
+      const int64_t kb = std::min<int64_t>(KB, kc - k0);
+      const T* s = b + k0 * ldb;
+      const int64_t kbn = std::min<int64_t>(KB, kc - k0 - kb);  // rows of the next chunk
+      for (int64_t j0 = 0; j0 < nfull; j0 += NRv) {
+        T* d = dst + j0 * kc + k0 * NRv;
+        for (int64_t k = 0; k < kbn; ++k)
+          for (int64_t j = 0; j < NRv; j += 64 / sizeof(T)) __builtin_prefetch(s + (KB + k) * ldb + j0 + j, 0, 0);
+        for (int64_t k = 0; k < kb; ++k) std::memcpy(d + k * NRv, s + k * ldb + j0, NRv * sizeof(T));
+      }
+      if (tail) {
+        T* d = dst + nfull * kc + k0 * NRv;
+        for (int64_t k = 0; k < kb; ++k) {
+          std::memcpy(d + k * NRv, s + k * ldb + nfull, tail * sizeof(T));
+          std::memset(d + k * NRv + tail, 0, (NRv - tail) * sizeof(T));
+        }
+      }
+    }
+    return;
+  }
   for (int64_t j0 = 0; j0 < nc; j0 += NRv) {
     int64_t nb = std::min<int64_t>(NRv, nc - j0);
     T* d = dst + j0 * kc;
-    if (!tb) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* s = b + k * ldb + j0;
-        if (nb == NRv) {
-          std::memcpy(d + k * NRv, s, NRv * sizeof(T));
-        } else {
-          std::memcpy(d + k * NRv, s, nb * sizeof(T));
-          std::memset(d + k * NRv + nb, 0, (NRv - nb) * sizeof(T));
-        }
-      }
-    } else {
-      for (int64_t j = 0; j < nb; j += 8) {
-        int64_t rows = std::min<int64_t>(8, nb - j);
-        transpose_block<T>(b + (j0 + j) * ldb, ldb, rows, kc, d + j, NRv);
-      }
-      for (int64_t j = nb; j < NRv; ++j)
-        for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = T(0);
+    for (int64_t j = 0; j < nb; j += kTransRows<T>) {
+      int64_t rows = std::min<int64_t>(kTransRows<T>, nb - j);
+      transpose_block<T>(b + (j0 + j) * ldb, ldb, rows, kc, d + j, NRv);
+    }
+    for (int64_t j = nb; j < NRv; ++j)
+      for (int64_t k = 0; k < kc; ++k) d[k * NRv + j] = T(0);
+  }
+}
+
+// ---------------------------------------------------------------- blocked product
+// C[0:m, 0:nc] = alpha * op(A)[0:m, kblock] * Bblock + beta * C for one packed B block (panels
+// of kc x NR); `a` points at op(A)[0, k0]. Row panels are balanced (sizes differ by at most
+// one, all <= MR); each A micro-panel is packed into `apanel` (MR x KC, stays in L1) and then
+// the B panels stream past it. ep (or null): applied to each tile as it is finished.
+// i0/j0: absolute position of this C block in the whole product.
+template <class T>
+void block_product(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64_t lda, const T* bp, T* c,
+                   int64_t ldc, T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0, T* apanel) {
+  constexpr int MR = Cfg<T>::MR, NRv = NR<T>, LINE = 64 / sizeof(T);
+  const int64_t np = (m + MR - 1) / MR;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
+    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, apanel);
+    // The next panel's rows of A, into L2 while this panel computes (the packing would
+    // otherwise wait on each line: every row is a new page for the hardware prefetcher).
+    if (p + 1 < np && !ta) {
+      const int64_t irn = m * (p + 1) / np, mbn = m * (p + 2) / np - irn;
+      for (int64_t i = 0; i < mbn; ++i)
+        for (int64_t kk = 0; kk < kc; kk += LINE) __builtin_prefetch(a + (irn + i) * lda + kk, 0, 2);
+    }
+    for (int64_t jr = 0; jr < nc; jr += NRv) {
+      const int64_t nb = std::min<int64_t>(NRv, nc - jr);
+      T* ct = c + ir * ldc + jr;
+      // The next tile of C (same rows, next NR columns), into L2.
+      if (jr + NRv < nc)
+        for (int64_t i = 0; i < mb; ++i)
+          for (int64_t j = 0; j < NRv; j += LINE) __builtin_prefetch(ct + i * ldc + NRv + j, 0, 2);
+      run_tile<T>(kc, apanel, bp + jr * kc, ct, ldc, alpha, beta, mb, nb);
+      if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
     }
   }
 }
 
-// ---------------------------------------------------------------- macro kernel
-// C block (mc x nc) += packed A (mc x kc) * packed B panels (kc x nc). i0/j0: absolute
-// position of the block in C (for the epilogue).
+// The same product for few rows against a B block that comes from memory (pre-packed, used
+// once per call): B panel by B panel, each one multiplied by every row panel of A while it
+// is in L2, so B is read from memory exactly once; meanwhile the next B panel is prefetched,
+// its lines shared out over the row panels. ablock: the packed A block (np panels of MR x KC).
 template <class T>
-void macro_kernel(int64_t mc, int64_t nc, int64_t kc, const T* ap, const T* bp, T* c, int64_t ldc,
-                  T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0) {
+void block_product_bstream(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64_t lda, const T* bp,
+                           T* c, int64_t ldc, T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0,
+                           T* ablock, bool prefetch) {
   constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  const int64_t np = (m + MR - 1) / MR, stride = int64_t(MR) * kc;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
+    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, ablock + p * stride);
+  }
+  const int64_t lines = (kc * NRv * int64_t(sizeof(T)) + 63) / 64, per = (lines + np - 1) / np;
   for (int64_t jr = 0; jr < nc; jr += NRv) {
-    int64_t nb = std::min<int64_t>(NRv, nc - jr);
-    const T* bpanel = bp + jr * kc;
-    for (int64_t ir = 0; ir < mc; ir += MR) {
-      int64_t mb = std::min<int64_t>(MR, mc - ir);
+    const int64_t nb = std::min<int64_t>(NRv, nc - jr);
+    const T* next = bp + (jr + NRv) * kc;
+    const bool more = prefetch && jr + NRv < nc;
+    for (int64_t p = 0; p < np; ++p) {
+      const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
+      const int64_t l0 = std::min(lines, p * per), nl = more ? std::min(lines, l0 + per) - l0 : 0;
       T* ct = c + ir * ldc + jr;
-      if (mb == MR && nb == NRv)
-        ukr<T>(kc, ap + ir * kc, bpanel, ct, ldc, alpha, beta);
-      else
-        ukr_edge<T>(kc, ap + ir * kc, bpanel, ct, ldc, alpha, beta, mb, nb);
+      run_tile<T>(kc, ablock + p * stride, bp + jr * kc, ct, ldc, alpha, beta, mb, nb, next + l0 * (64 / sizeof(T)), nl);
       if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
     }
   }
@@ -295,31 +402,39 @@ void scale_only(int64_t m, int64_t n, T beta, T* c, int64_t ldc, const Epilogue<
   if (ep) apply_epilogue<T>(*ep, c, ldc, i0, j0, m, n);
 }
 
+// Products against a pre-packed B with at most this many row panels stream B panel by panel
+// (block_product_bstream); more rows reuse each L2-sized B block over many row panels.
+constexpr int64_t kStreamPanels = 32;
+constexpr int64_t kL2Bytes = int64_t(2) << 20;  // per core, the cache the blocks are sized for
+
+// Width of the column blocks for n columns: at most NC, a multiple of NR, balanced.
+template <class T> int64_t col_block(int64_t n) {
+  constexpr int NC = Cfg<T>::NC, NRv = NR<T>;
+  const int64_t blocks = (n + NC - 1) / NC;
+  return round_up((n + blocks - 1) / blocks, NRv);
+}
+
 // Single-threaded GEMM on a sub-problem whose C starts at absolute (i0, j0).
 template <class T>
 void gemm_st(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
              const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep,
              int64_t i0, int64_t j0) {
-  constexpr int KC = Cfg<T>::KC, MC = Cfg<T>::MC, NC = Cfg<T>::NC, NRv = NR<T>;
+  constexpr int KC = Cfg<T>::KC, MR = Cfg<T>::MR;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, j0);
-  T* bbuf = tls_b.get<T>(size_t(KC) * round_up(std::min<int64_t>(NC, n), NRv));
-  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
-  for (int64_t jc = 0; jc < n; jc += NC) {
-    int64_t nc = std::min<int64_t>(NC, n - jc);
+  const int64_t ncb = col_block<T>(n);
+  T* bbuf = tls_b.get<T>(size_t(KC) * size_t(ncb));
+  T* apanel = tls_a.get<T>(size_t(KC) * MR);
+  for (int64_t jc = 0; jc < n; jc += ncb) {
+    int64_t nc = std::min<int64_t>(ncb, n - jc);
     for (int64_t pc = 0; pc < k; pc += KC) {
       int64_t kc = std::min<int64_t>(KC, k - pc);
       const T* bsrc = tb ? b + jc * ldb + pc : b + pc * ldb + jc;
       pack_b_block<T>(tb, kc, nc, bsrc, ldb, bbuf);
       T beta_eff = pc == 0 ? beta : T(1);
       const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
-      for (int64_t ic = 0; ic < m; ic += MC) {
-        int64_t mc = std::min<int64_t>(MC, m - ic);
-        const T* asrc = ta ? a + pc * lda + ic : a + ic * lda + pc;
-        pack_a_block<T>(ta, mc, kc, asrc, lda, abuf);
-        macro_kernel<T>(mc, nc, kc, abuf, bbuf, c + ic * ldc + jc, ldc, alpha, beta_eff, ep_eff,
-                        i0 + ic, j0 + jc);
-      }
+      block_product<T>(ta, m, nc, kc, ta ? a + pc * lda : a + pc, lda, bbuf, c + jc, ldc, alpha, beta_eff, ep_eff,
+                       i0, j0 + jc, apanel);
     }
   }
 }
@@ -330,38 +445,42 @@ template <class T>
 void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T alpha, const T* a,
                     int64_t lda, const T* packed, int64_t jb, T beta, T* c, int64_t ldc,
                     const Epilogue<T>* ep, int64_t i0) {
-  constexpr int KC = Cfg<T>::KC, MC = Cfg<T>::MC, NRv = NR<T>;
+  constexpr int KC = Cfg<T>::KC, MR = Cfg<T>::MR, NRv = NR<T>;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, jb);
   const int64_t npad = round_up(n_total, NRv);
-  if (!ta && m <= kSmallM) {
+  const int64_t np = (m + MR - 1) / MR;
+  if (np <= kStreamPanels) {
+    T* ablock = tls_a.get<T>(size_t(KC) * MR * size_t(np));
+    // A B that fits in half the L2 is likely still there from the last call (a recurrent
+    // weight used at every time step): prefetching it again would only cost issue slots.
+    const bool prefetch = double(k) * double(n) * sizeof(T) > double(kL2Bytes / 2);
     for (int64_t pc = 0; pc < k; pc += KC) {
       int64_t kc = std::min<int64_t>(KC, k - pc);
-      const T* bblock = packed + pc * npad + jb * kc;
       T beta_eff = pc == 0 ? beta : T(1);
-      const bool last = pc + kc >= k;
-      for (int64_t jr = 0; jr < n; jr += NRv) {
-        int64_t nb = std::min<int64_t>(NRv, n - jr);
-        ukr_small_any<T>(int(m), kc, a + pc, lda, bblock + jr * kc, c + jr, ldc, alpha, beta_eff, nb);
-        if (last && ep) apply_epilogue<T>(*ep, c + jr, ldc, i0, jb + jr, m, nb);
-      }
+      const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
+      block_product_bstream<T>(ta, m, n, kc, ta ? a + pc * lda : a + pc, lda, packed + pc * npad + jb * kc, c, ldc,
+                               alpha, beta_eff, ep_eff, i0, jb, ablock, prefetch);
     }
     return;
   }
-  T* abuf = tls_a.get<T>(size_t(KC) * round_up(std::min<int64_t>(MC, m), Cfg<T>::MR));
-  for (int64_t pc = 0; pc < k; pc += KC) {
-    int64_t kc = std::min<int64_t>(KC, k - pc);
-    const T* bblock = packed + pc * npad + jb * kc;
-    T beta_eff = pc == 0 ? beta : T(1);
-    const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
-    for (int64_t ic = 0; ic < m; ic += MC) {
-      int64_t mc = std::min<int64_t>(MC, m - ic);
-      const T* asrc = ta ? a + pc * lda + ic : a + ic * lda + pc;
-      pack_a_block<T>(ta, mc, kc, asrc, lda, abuf);
-      macro_kernel<T>(mc, n, kc, abuf, bblock, c + ic * ldc, ldc, alpha, beta_eff, ep_eff, i0 + ic, jb);
+  const int64_t ncb = col_block<T>(n);
+  T* apanel = tls_a.get<T>(size_t(KC) * MR);
+  for (int64_t jc = 0; jc < n; jc += ncb) {
+    int64_t nc = std::min<int64_t>(ncb, n - jc);
+    for (int64_t pc = 0; pc < k; pc += KC) {
+      int64_t kc = std::min<int64_t>(KC, k - pc);
+      const T* bblock = packed + pc * npad + (jb + jc) * kc;
+      T beta_eff = pc == 0 ? beta : T(1);
+      const Epilogue<T>* ep_eff = (pc + kc >= k) ? ep : nullptr;
+      block_product<T>(ta, m, nc, kc, ta ? a + pc * lda : a + pc, lda, bblock, c + jc, ldc, alpha, beta_eff, ep_eff,
+                       i0, jb + jc, apanel);
     }
   }
 }
+
+// Products with at most this many rows stream the packed B (GEMV-like): threads by bytes.
+constexpr int kSmallM = 4;
 
 // How many threads a product deserves: ~1 per 2 MFLOP of work, at most the pool size.
 inline int threads_for(int64_t m, int64_t n, int64_t k) {
@@ -435,7 +554,7 @@ void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, 
   if (m <= 0 || n <= 0) return;
   constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
   // Few rows: the product streams the packed matrix, so threads pay off by bytes, not flops.
-  int nt = (!ta && m <= kSmallM) ? threads_for(k * n, 8, 1) : threads_for(m, n, k);
+  int nt = m <= kSmallM ? threads_for(k * n, 8, 1) : threads_for(m, n, k);
   bool split_n = (n / NRv) >= (m / MR);
   int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
   nt = int(std::min<int64_t>(nt, units));
