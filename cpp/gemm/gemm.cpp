@@ -47,22 +47,25 @@ inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // ---------------------------------------------------------------- microkernel
 // C[0:MB, 0:nb] = alpha * sum_k a[:,k] b[k,:] + beta * C   (beta == 0: C is not read).
-// a: packed A micro-panel a[k*MR + i] (i < MB); b: packed B micro-panel b[k*NR + j], zero
-// padded to NR columns. MB <= MR rows, NVB <= NV vectors; MASK: the last vector has only
-// `cnt` valid lanes (the tile's right edge). Every element of C sees the same arithmetic
+// a: packed A micro-panel a[k*AS + i] (i < MB); b: packed B micro-panel b[k*NR + j], zero
+// padded to NR columns (a tall tile starts at column NR/2 of its panel for its second half).
+// Wide tiles: MB <= MR rows by NVB <= NV vectors (AS = MR); tall tiles: MR < MB <= 2 MR rows by
+// NVB <= NV/2 vectors, half a B panel (AS = 2 MR), for few rows against a B that streams from
+// L2 once per row panel: twice the rows per B byte. MASK: the last vector has only `cnt`
+// valid lanes (the tile's right edge). Every element of C sees the same arithmetic
 // (one FMA chain over k in ascending order, then the same alpha/beta step) whatever the tile
 // shape, so edge tiles and any split over threads give bitwise the same numbers as full tiles.
 // The C tile is prefetched during the last MB k steps (earlier, the streaming B panel would
 // evict it from L1 again). pf, npf: npf cache lines from pf on are prefetched into L2 during
 // the first npf k steps (the next B panel, when B streams from memory; npf = 0: none).
-template <class T, int MB, int NVB, bool MASK>
+template <class T, int MB, int NVB, bool MASK, int AS>
 void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict c, int64_t ldc, T alpha, T beta,
          int cnt, const T* pf, int64_t npf) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int MR = Cfg<T>::MR, W = V::W, NRv = NR<T>;
+  constexpr int W = V::W, NRv = NR<T>;
   R acc[MB][NVB];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
   for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 4
     for (int j = 0; j < NVB; ++j) acc[i][j] = V::zero();
@@ -70,9 +73,9 @@ void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict
     R bv[NVB];
 #pragma GCC unroll 4
     for (int j = 0; j < NVB; ++j) bv[j] = V::load(b + k * NRv + j * W);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MB; ++i) {
-      R av = V::set1(a[k * MR + i]);
+      R av = V::set1(a[k * AS + i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NVB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
@@ -94,7 +97,7 @@ void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict
   }
   const R va = V::set1(alpha);
   if (beta == T(0)) {
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NVB; ++j) {
@@ -104,7 +107,7 @@ void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict
       }
   } else {
     const R vb = V::set1(beta);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MB; ++i)
 #pragma GCC unroll 4
       for (int j = 0; j < NVB; ++j) {
@@ -117,29 +120,62 @@ void ukr(int64_t kc, const T* __restrict a, const T* __restrict b, T* __restrict
 
 template <class T> using UkrFn = void (*)(int64_t, const T*, const T*, T*, int64_t, T, T, int, const T*, int64_t);
 
-// Table of microkernels by tile shape: kUkr<T>.fn[mb][nv][masked], 1 <= mb <= MR, 1 <= nv <= NV.
-template <class T, int MB, int... NVs>
-constexpr void fill_nv(UkrFn<T> (&row)[Cfg<T>::NV + 1][2], std::integer_sequence<int, NVs...>) {
-  ((row[NVs + 1][0] = &ukr<T, MB, NVs + 1, false>, row[NVs + 1][1] = &ukr<T, MB, NVs + 1, true>), ...);
+// Tall tiles: MRT rows by NVT vectors (same accumulator count as the wide MR x NV tile).
+template <class T> constexpr int MRT = 2 * Cfg<T>::MR;
+template <class T> constexpr int NVT = Cfg<T>::NV / 2;
+
+// Tables of microkernels by tile shape: kUkr<T>.wide[mb][nv][masked] (1 <= mb <= MR,
+// 1 <= nv <= NV) and kUkr<T>.tall[mb - MR][nv][masked] (MR < mb <= 2 MR, 1 <= nv <= NV/2).
+template <class T, int MB, int NVB, int AS> constexpr void put_ukr(UkrFn<T> (&slot)[2]) {
+  slot[0] = &ukr<T, MB, NVB, false, AS>;
+  slot[1] = &ukr<T, MB, NVB, true, AS>;
 }
 template <class T> struct UkrTable {
-  UkrFn<T> fn[Cfg<T>::MR + 1][Cfg<T>::NV + 1][2] = {};
-  template <int... MBs> constexpr void fill(std::integer_sequence<int, MBs...>) {
-    (fill_nv<T, MBs + 1>(fn[MBs + 1], std::make_integer_sequence<int, Cfg<T>::NV>{}), ...);
+  static constexpr int MR = Cfg<T>::MR, NV = Cfg<T>::NV;
+  UkrFn<T> wide[MR + 1][NV + 1][2] = {};
+  UkrFn<T> tall[MR + 1][NVT<T> + 1][2] = {};
+  template <int MB, int... NVs> constexpr void wide_row(std::integer_sequence<int, NVs...>) {
+    (put_ukr<T, MB, NVs + 1, MR>(wide[MB][NVs + 1]), ...);
   }
-  constexpr UkrTable() { fill(std::make_integer_sequence<int, Cfg<T>::MR>{}); }
+  template <int MB, int... NVs> constexpr void tall_row(std::integer_sequence<int, NVs...>) {
+    (put_ukr<T, MR + MB, NVs + 1, MRT<T>>(tall[MB][NVs + 1]), ...);
+  }
+  template <int... MBs> constexpr void fill(std::integer_sequence<int, MBs...>) {
+    (wide_row<MBs + 1>(std::make_integer_sequence<int, NV>{}), ...);
+    if constexpr (NVT<T> > 0) (tall_row<MBs + 1>(std::make_integer_sequence<int, NVT<T>>{}), ...);
+  }
+  constexpr UkrTable() { fill(std::make_integer_sequence<int, MR>{}); }
 };
 template <class T> constexpr UkrTable<T> kUkr{};
 
-// Runs the tile kernel on an mb x nb tile; meanwhile prefetches npf cache lines from pf on
-// (one per k step) into L2.
+// Runs the microkernels on an mb x nb tile (nb <= NR) of a row panel packed with stride AS
+// (MR: mb <= MR; 2 MR: MR < mb <= 2 MR, as two tall half-panel tiles); meanwhile npf cache
+// lines from pf on are prefetched into L2 (one per k step).
 template <class T>
 inline void run_tile(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, T alpha, T beta, int64_t mb, int64_t nb,
                      const T* pf = nullptr, int64_t npf = 0) {
-  constexpr int W = Vec<T>::W;
-  const int nv = int((nb + W - 1) / W), cnt = int(nb - (nv - 1) * W);
-  kUkr<T>.fn[mb][nv][cnt != W](kc, a, b, c, ldc, alpha, beta, cnt, pf, npf);
+  constexpr int W = Vec<T>::W, MR = Cfg<T>::MR, HALF = NVT<T> * W;
+  if (mb <= MR) {
+    const int nv = int((nb + W - 1) / W), cnt = int(nb - (nv - 1) * W);
+    kUkr<T>.wide[mb][nv][cnt != W](kc, a, b, c, ldc, alpha, beta, cnt, pf, npf);
+    return;
+  }
+  for (int64_t h = 0; h < nb; h += HALF) {
+    const int64_t nbh = std::min<int64_t>(HALF, nb - h), lines = h == 0 ? npf / 2 : npf - npf / 2;
+    const int nv = int((nbh + W - 1) / W), cnt = int(nbh - (nv - 1) * W);
+    kUkr<T>.tall[mb - MR][nv][cnt != W](kc, a, b + h, c + h, ldc, alpha, beta, cnt,
+                                         pf + (h == 0 ? 0 : npf / 2) * (64 / sizeof(T)), lines);
+  }
 }
+
+// Row panels: np panels of at most `rows` rows over m rows, balanced (sizes differ by at most
+// one, so no panel is left with a row or two).
+struct Panels {
+  int64_t m, np;
+  Panels(int64_t m_, int64_t rows) : m(m_), np((m_ + rows - 1) / rows) {}
+  int64_t begin(int64_t p) const { return m * p / np; }
+  int64_t size(int64_t p) const { return m * (p + 1) / np - m * p / np; }
+};
 
 // ---------------------------------------------------------------- epilogue
 template <class T>
@@ -200,10 +236,11 @@ inline void transpose4x4(const double* src, int64_t lds, double* dst, int64_t ld
   _mm256_storeu_pd(dst + 3 * ldd, _mm256_permute2f128_pd(t1, t3, 0x31));
 }
 
-// Six rows of a row-major matrix (stride lds), columns [0, cols) -> dst[c * 6 + r]: the A
-// micro-panel layout for MR = 6. Rows 0-3 go through 4 x 8 (4 x 4) transposes, rows 4-5
-// through one interleave.
-inline int64_t pack_rows6(const float* s, int64_t lds, int64_t cols, float* d) {
+// Six rows of a row-major matrix (stride lds), columns [0, cols) -> d[c * ldd + r]: the A
+// micro-panel layout for MR = 6 (ldd = 6, or 12 for a tall panel). Rows 0-3 go through 4 x 8
+// (4 x 4) transposes, rows 4-5 through one interleave. Returns the columns done (a multiple
+// of 8 / 4); the caller packs the rest.
+inline int64_t pack_rows6(const float* s, int64_t lds, int64_t cols, float* d, int64_t ldd) {
   int64_t c0 = 0;
   for (; c0 + 8 <= cols; c0 += 8) {
     const float* p = s + c0;
@@ -214,36 +251,36 @@ inline int64_t pack_rows6(const float* s, int64_t lds, int64_t cols, float* d) {
     __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);  // cols 0|4, 1|5
     __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);  // cols 2|6, 3|7
     __m256 v0 = _mm256_unpacklo_ps(r4, r5), v1 = _mm256_unpackhi_ps(r4, r5);            // cols 0,1|4,5; 2,3|6,7
-    float* q = d + c0 * 6;
+    float* q = d + c0 * ldd;
     const __m256 u[4] = {u0, u1, u2, u3};
     for (int c = 0; c < 4; ++c) {
-      _mm_storeu_ps(q + c * 6, _mm256_castps256_ps128(u[c]));
-      _mm_storeu_ps(q + (c + 4) * 6, _mm256_extractf128_ps(u[c], 1));
+      _mm_storeu_ps(q + c * ldd, _mm256_castps256_ps128(u[c]));
+      _mm_storeu_ps(q + (c + 4) * ldd, _mm256_extractf128_ps(u[c], 1));
     }
     const __m128 v0l = _mm256_castps256_ps128(v0), v0h = _mm256_extractf128_ps(v0, 1);
     const __m128 v1l = _mm256_castps256_ps128(v1), v1h = _mm256_extractf128_ps(v1, 1);
-    _mm_storel_pi(reinterpret_cast<__m64*>(q + 0 * 6 + 4), v0l);
-    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 1 * 6 + 4), v0l);
-    _mm_storel_pi(reinterpret_cast<__m64*>(q + 2 * 6 + 4), v1l);
-    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 3 * 6 + 4), v1l);
-    _mm_storel_pi(reinterpret_cast<__m64*>(q + 4 * 6 + 4), v0h);
-    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 5 * 6 + 4), v0h);
-    _mm_storel_pi(reinterpret_cast<__m64*>(q + 6 * 6 + 4), v1h);
-    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 7 * 6 + 4), v1h);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 0 * ldd + 4), v0l);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 1 * ldd + 4), v0l);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 2 * ldd + 4), v1l);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 3 * ldd + 4), v1l);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 4 * ldd + 4), v0h);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 5 * ldd + 4), v0h);
+    _mm_storel_pi(reinterpret_cast<__m64*>(q + 6 * ldd + 4), v1h);
+    _mm_storeh_pi(reinterpret_cast<__m64*>(q + 7 * ldd + 4), v1h);
   }
   return c0;
 }
-inline int64_t pack_rows6(const double* s, int64_t lds, int64_t cols, double* d) {
+inline int64_t pack_rows6(const double* s, int64_t lds, int64_t cols, double* d, int64_t ldd) {
   int64_t c0 = 0;
   for (; c0 + 4 <= cols; c0 += 4) {
-    double* q = d + c0 * 6;
-    transpose4x4(s + c0, lds, q, 6);
+    double* q = d + c0 * ldd;
+    transpose4x4(s + c0, lds, q, ldd);
     __m256d r4 = _mm256_loadu_pd(s + 4 * lds + c0), r5 = _mm256_loadu_pd(s + 5 * lds + c0);
     __m256d v0 = _mm256_unpacklo_pd(r4, r5), v1 = _mm256_unpackhi_pd(r4, r5);  // cols 0|2, 1|3
-    _mm_storeu_pd(q + 0 * 6 + 4, _mm256_castpd256_pd128(v0));
-    _mm_storeu_pd(q + 1 * 6 + 4, _mm256_castpd256_pd128(v1));
-    _mm_storeu_pd(q + 2 * 6 + 4, _mm256_extractf128_pd(v0, 1));
-    _mm_storeu_pd(q + 3 * 6 + 4, _mm256_extractf128_pd(v1, 1));
+    _mm_storeu_pd(q + 0 * ldd + 4, _mm256_castpd256_pd128(v0));
+    _mm_storeu_pd(q + 1 * ldd + 4, _mm256_castpd256_pd128(v1));
+    _mm_storeu_pd(q + 2 * ldd + 4, _mm256_extractf128_pd(v0, 1));
+    _mm_storeu_pd(q + 3 * ldd + 4, _mm256_extractf128_pd(v1, 1));
   }
   return c0;
 }
@@ -268,24 +305,28 @@ inline void transpose_block(const T* src, int64_t lds, int64_t rows, int64_t col
     for (int64_t c = c0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
-// Rows [0, mb) (mb <= MR) of op(A)[:, 0:kc] -> the micro-panel layout dst[k * MR + i].
-// Rows mb..MR-1 are left alone: the mb-row microkernel never reads them.
+// Rows [0, mb) of op(A)[:, 0:kc] -> the micro-panel layout dst[k * ld + i] (ld = MR for
+// mb <= MR, 2 MR for a tall panel). Rows mb..ld-1 are left alone: the microkernel for mb rows
+// never reads them.
 template <class T>
-void pack_a_panel(bool ta, int64_t mb, int64_t kc, const T* a, int64_t lda, T* dst) {
-  constexpr int MR = Cfg<T>::MR;
+void pack_a_panel(bool ta, int64_t mb, int64_t kc, const T* a, int64_t lda, T* dst, int64_t ld) {
   if (ta) {  // op(A)[i, k] = a[k * lda + i]: already k-major
     for (int64_t k = 0; k < kc; ++k)
-      for (int64_t i = 0; i < mb; ++i) dst[k * MR + i] = a[k * lda + i];
+      for (int64_t i = 0; i < mb; ++i) dst[k * ld + i] = a[k * lda + i];
     return;
   }
-  int64_t k0 = 0;
+  int64_t i0 = 0;
 #if defined(__AVX2__)
-  if constexpr (MR == 6) {
-    if (mb == 6) k0 = pack_rows6(a, lda, kc, dst);
+  if constexpr (Cfg<T>::MR == 6) {
+    for (; i0 + 6 <= mb; i0 += 6) {
+      const int64_t k0 = pack_rows6(a + i0 * lda, lda, kc, dst + i0, ld);
+      for (int64_t i = i0; i < i0 + 6; ++i)
+        for (int64_t k = k0; k < kc; ++k) dst[k * ld + i] = a[i * lda + k];
+    }
   }
 #endif
-  for (int64_t i = 0; i < mb; ++i)
-    for (int64_t k = k0; k < kc; ++k) dst[k * MR + i] = a[i * lda + k];
+  for (int64_t i = i0; i < mb; ++i)
+    for (int64_t k = 0; k < kc; ++k) dst[k * ld + i] = a[i * lda + k];
 }
 
 // Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) panels of kc x NR (zero-padded to NR columns).
@@ -331,23 +372,27 @@ void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* d
 }
 
 // ---------------------------------------------------------------- blocked product
+// Packed A panel stride for a row panel of mb rows (tall panels: more than MR rows).
+template <class T> constexpr int64_t panel_ld(int64_t mb) { return mb > Cfg<T>::MR ? MRT<T> : Cfg<T>::MR; }
+
 // C[0:m, 0:nc] = alpha * op(A)[0:m, kblock] * Bblock + beta * C for one packed B block (panels
-// of kc x NR); `a` points at op(A)[0, k0]. Row panels are balanced (sizes differ by at most
-// one, all <= MR); each A micro-panel is packed into `apanel` (MR x KC, stays in L1) and then
-// the B panels stream past it. ep (or null): applied to each tile as it is finished.
-// i0/j0: absolute position of this C block in the whole product.
+// of kc x NR); `a` points at op(A)[0, k0]. Row panels of up to MR rows (wide tiles: the A
+// micro-panel stays in L1 and is reused over all of nc, where the wide tile's load mix is
+// the better one); each one's A micro-panel is packed into `apanel` (MR x KC) and then the B
+// panels stream past it. ep (or null): applied to each tile as it is finished. i0/j0:
+// absolute position of this C block in the whole product.
 template <class T>
 void block_product(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64_t lda, const T* bp, T* c,
                    int64_t ldc, T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0, T* apanel) {
-  constexpr int MR = Cfg<T>::MR, NRv = NR<T>, LINE = 64 / sizeof(T);
-  const int64_t np = (m + MR - 1) / MR;
-  for (int64_t p = 0; p < np; ++p) {
-    const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
-    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, apanel);
+  constexpr int NRv = NR<T>, LINE = 64 / sizeof(T);
+  const Panels rp(m, Cfg<T>::MR);
+  for (int64_t p = 0; p < rp.np; ++p) {
+    const int64_t ir = rp.begin(p), mb = rp.size(p);
+    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, apanel, Cfg<T>::MR);
     // The next panel's rows of A, into L2 while this panel computes (the packing would
     // otherwise wait on each line: every row is a new page for the hardware prefetcher).
-    if (p + 1 < np && !ta) {
-      const int64_t irn = m * (p + 1) / np, mbn = m * (p + 2) / np - irn;
+    if (p + 1 < rp.np && !ta) {
+      const int64_t irn = rp.begin(p + 1), mbn = rp.size(p + 1);
       for (int64_t i = 0; i < mbn; ++i)
         for (int64_t kk = 0; kk < kc; kk += LINE) __builtin_prefetch(a + (irn + i) * lda + kk, 0, 2);
     }
@@ -366,25 +411,29 @@ void block_product(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64
 
 // The same product for few rows against a B block that comes from memory (pre-packed, used
 // once per call): B panel by B panel, each one multiplied by every row panel of A while it
-// is in L2, so B is read from memory exactly once; meanwhile the next B panel is prefetched,
-// its lines shared out over the row panels. ablock: the packed A block (np panels of MR x KC).
+// is in L2, so B is read from memory exactly once; meanwhile (prefetch) the next B panel is
+// prefetched, its lines shared out over the row panels. Row panels of up to 2 MR rows (tall
+// tiles): each B panel streams from L2 once per row panel, so taller panels halve that
+// traffic. ablock: the packed A block (stream_panels(m) panels of 2 MR x KC).
+template <class T> int64_t stream_panels(int64_t m) { return Panels(m, NVT<T> > 0 ? MRT<T> : Cfg<T>::MR).np; }
 template <class T>
 void block_product_bstream(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64_t lda, const T* bp,
                            T* c, int64_t ldc, T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0,
                            T* ablock, bool prefetch) {
-  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
-  const int64_t np = (m + MR - 1) / MR, stride = int64_t(MR) * kc;
-  for (int64_t p = 0; p < np; ++p) {
-    const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
-    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, ablock + p * stride);
+  constexpr int NRv = NR<T>;
+  const Panels rp(m, NVT<T> > 0 ? MRT<T> : Cfg<T>::MR);
+  const int64_t stride = int64_t(MRT<T>) * kc;
+  for (int64_t p = 0; p < rp.np; ++p) {
+    const int64_t ir = rp.begin(p), mb = rp.size(p);
+    pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, ablock + p * stride, panel_ld<T>(mb));
   }
-  const int64_t lines = (kc * NRv * int64_t(sizeof(T)) + 63) / 64, per = (lines + np - 1) / np;
+  const int64_t lines = (kc * NRv * int64_t(sizeof(T)) + 63) / 64, per = (lines + rp.np - 1) / rp.np;
   for (int64_t jr = 0; jr < nc; jr += NRv) {
     const int64_t nb = std::min<int64_t>(NRv, nc - jr);
     const T* next = bp + (jr + NRv) * kc;
     const bool more = prefetch && jr + NRv < nc;
-    for (int64_t p = 0; p < np; ++p) {
-      const int64_t ir = m * p / np, mb = m * (p + 1) / np - ir;
+    for (int64_t p = 0; p < rp.np; ++p) {
+      const int64_t ir = rp.begin(p), mb = rp.size(p);
       const int64_t l0 = std::min(lines, p * per), nl = more ? std::min(lines, l0 + per) - l0 : 0;
       T* ct = c + ir * ldc + jr;
       run_tile<T>(kc, ablock + p * stride, bp + jr * kc, ct, ldc, alpha, beta, mb, nb, next + l0 * (64 / sizeof(T)), nl);
@@ -402,9 +451,9 @@ void scale_only(int64_t m, int64_t n, T beta, T* c, int64_t ldc, const Epilogue<
   if (ep) apply_epilogue<T>(*ep, c, ldc, i0, j0, m, n);
 }
 
-// Products against a pre-packed B with at most this many row panels stream B panel by panel
+// Products against a pre-packed B with at most this many rows stream B panel by panel
 // (block_product_bstream); more rows reuse each L2-sized B block over many row panels.
-constexpr int64_t kStreamPanels = 32;
+constexpr int64_t kStreamRows = 192;
 constexpr int64_t kL2Bytes = int64_t(2) << 20;  // per core, the cache the blocks are sized for
 
 // Width of the column blocks for n columns: at most NC, a multiple of NR, balanced.
@@ -419,12 +468,12 @@ template <class T>
 void gemm_st(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
              const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep,
              int64_t i0, int64_t j0) {
-  constexpr int KC = Cfg<T>::KC, MR = Cfg<T>::MR;
+  constexpr int KC = Cfg<T>::KC;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, j0);
   const int64_t ncb = col_block<T>(n);
   T* bbuf = tls_b.get<T>(size_t(KC) * size_t(ncb));
-  T* apanel = tls_a.get<T>(size_t(KC) * MR);
+  T* apanel = tls_a.get<T>(size_t(KC) * Cfg<T>::MR);
   for (int64_t jc = 0; jc < n; jc += ncb) {
     int64_t nc = std::min<int64_t>(ncb, n - jc);
     for (int64_t pc = 0; pc < k; pc += KC) {
@@ -445,13 +494,12 @@ template <class T>
 void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T alpha, const T* a,
                     int64_t lda, const T* packed, int64_t jb, T beta, T* c, int64_t ldc,
                     const Epilogue<T>* ep, int64_t i0) {
-  constexpr int KC = Cfg<T>::KC, MR = Cfg<T>::MR, NRv = NR<T>;
+  constexpr int KC = Cfg<T>::KC, NRv = NR<T>;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, jb);
   const int64_t npad = round_up(n_total, NRv);
-  const int64_t np = (m + MR - 1) / MR;
-  if (np <= kStreamPanels) {
-    T* ablock = tls_a.get<T>(size_t(KC) * MR * size_t(np));
+  if (m <= kStreamRows) {
+    T* ablock = tls_a.get<T>(size_t(KC) * MRT<T> * size_t(stream_panels<T>(m)));
     // A B that fits in half the L2 is likely still there from the last call (a recurrent
     // weight used at every time step): prefetching it again would only cost issue slots.
     const bool prefetch = double(k) * double(n) * sizeof(T) > double(kL2Bytes / 2);
@@ -465,7 +513,7 @@ void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T
     return;
   }
   const int64_t ncb = col_block<T>(n);
-  T* apanel = tls_a.get<T>(size_t(KC) * MR);
+  T* apanel = tls_a.get<T>(size_t(KC) * Cfg<T>::MR);
   for (int64_t jc = 0; jc < n; jc += ncb) {
     int64_t nc = std::min<int64_t>(ncb, n - jc);
     for (int64_t pc = 0; pc < k; pc += KC) {
