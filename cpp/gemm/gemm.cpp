@@ -8,6 +8,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -527,17 +530,69 @@ void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T
   }
 }
 
+// ---------------------------------------------------------------- threads
+// A fork-join on a busy host can stall a whole product: a worker that is not scheduled
+// promptly holds up the join. Measured here with the other CPU busy with another process:
+// back-to-back parallel regions found their worker ~3 ms late (it had spun away its time
+// slice at the previous join), so an 80 us product took ~10 ms on 2 threads. Every parallel
+// region records how much later than an ordinary wake-up (kWakeNs) its workers started; a
+// product runs on more threads only while the time that saves is at least twice that recent
+// excess lateness. The estimate rises at once and decays (halves every kLateHalfLifeNs), so
+// a host that has become quiet again is noticed. The thread count never changes the results.
+constexpr double kWakeNs = 100e3, kLateHalfLifeNs = 50e6;
+std::atomic<int64_t> g_late_ns{0}, g_late_stamp_ns{0};
+
+inline int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+inline double recent_late_ns(int64_t now) {
+  const int64_t late = g_late_ns.load(std::memory_order_relaxed);
+  if (late == 0) return 0.0;
+  const double age = double(now - g_late_stamp_ns.load(std::memory_order_relaxed));
+  return double(late) * std::exp2(-std::max(0.0, age) / kLateHalfLifeNs);
+}
+inline void record_late(double late_ns) {
+  const int64_t now = now_ns();
+  const double excess = std::max(0.0, late_ns - kWakeNs), prev = recent_late_ns(now);
+  const double v = excess >= prev ? excess : 0.75 * prev + 0.25 * excess;
+  g_late_ns.store(int64_t(v), std::memory_order_relaxed);
+  g_late_stamp_ns.store(now, std::memory_order_relaxed);
+}
+
+// Runs body(part, parts) on nt threads (the caller is part 0); records how late the others
+// started.
+template <class F> void run_parallel(int nt, const F& body) {
+  const int64_t t0 = now_ns();
+  int64_t late = 0;
+#pragma omp parallel num_threads(nt) reduction(max : late)
+  {
+    const int p = omp_get_thread_num();
+    if (p != 0) late = now_ns() - t0;
+    body(p, omp_get_num_threads());
+  }
+  record_late(double(late));
+}
+
+// How many threads a product of `flops` (or flop-equivalents of memory traffic) deserves: one
+// per kFlopsPerThread, at most the pool size, and one while workers have been late (above).
+constexpr double kFlopsPerThread = 2e6;
+template <class T> int threads_for(double flops) {
+  if (omp_in_parallel()) return 1;
+  int nt = int(std::min<double>(omp_get_max_threads(), std::max(1.0, flops / kFlopsPerThread)));
+  if (nt > 1) {
+    // A rough single-thread time: 8 flop/ns per vector lane, under this core's FMA peak.
+    const double t1_ns = flops / (8.0 * Vec<T>::W), saved_ns = t1_ns * (1.0 - 1.0 / nt);
+    if (saved_ns < 2.0 * recent_late_ns(now_ns())) nt = 1;
+  }
+  return nt;
+}
+inline double gemm_flops(int64_t m, int64_t n, int64_t k) {
+  return 2.0 * double(m) * double(n) * double(std::max<int64_t>(k, 1));
+}
+
 // Products with at most this many rows stream the packed B (GEMV-like): threads by bytes.
 constexpr int kSmallM = 4;
-
-// How many threads a product deserves: ~1 per 2 MFLOP of work, at most the pool size.
-inline int threads_for(int64_t m, int64_t n, int64_t k) {
-  if (omp_in_parallel()) return 1;
-  int nt = omp_get_max_threads();
-  double flops = 2.0 * double(m) * double(n) * double(std::max<int64_t>(k, 1));
-  int by_work = int(std::min<double>(nt, std::max(1.0, flops / 2e6)));
-  return std::max(1, by_work);
-}
 
 // Split [0, total) in units of `unit` into `parts` contiguous ranges; range of part p.
 inline void split_range(int64_t total, int64_t unit, int parts, int p, int64_t* begin, int64_t* end) {
@@ -554,25 +609,23 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
   if (m <= 0 || n <= 0) return;
   constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
-  int nt = threads_for(m, n, k);
+  int nt = threads_for<T>(gemm_flops(m, n, k));
   bool split_n = (n / NRv) >= (m / MR);
   int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
   nt = int(std::min<int64_t>(nt, units));
   if (nt <= 1) return gemm_st<T>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep, 0, 0);
-#pragma omp parallel num_threads(nt)
-  {
-    int p = omp_get_thread_num();
+  run_parallel(nt, [&](int p, int parts) {
     int64_t lo, hi;
     if (split_n) {
-      split_range(n, NRv, nt, p, &lo, &hi);
+      split_range(n, NRv, parts, p, &lo, &hi);
       const T* bs = tb ? b + lo * ldb : b + lo;
       gemm_st<T>(ta, tb, m, hi - lo, k, alpha, a, lda, bs, ldb, beta, c + lo, ldc, ep, 0, lo);
     } else {
-      split_range(m, MR, nt, p, &lo, &hi);
+      split_range(m, MR, parts, p, &lo, &hi);
       const T* as = ta ? a + lo : a + lo * lda;
       gemm_st<T>(ta, tb, hi - lo, n, k, alpha, as, lda, b, ldb, beta, c + lo * ldc, ldc, ep, lo, 0);
     }
-  }
+  });
 }
 
 template <class T> int gemm_nr() { return NR<T>; }
@@ -586,14 +639,17 @@ void pack_b(bool tb, int64_t k, int64_t n, const T* b, int64_t ldb, T* packed) {
   constexpr int KC = Cfg<T>::KC;
   const int64_t npad = round_up(n, NR<T>);
   int64_t blocks = (k + KC - 1) / KC;
-  int nt = std::max(1, std::min<int>(threads_for(k, n, 1), int(blocks)));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    int64_t pc = blk * KC;
-    int64_t kc = std::min<int64_t>(KC, k - pc);
-    const T* bsrc = tb ? b + pc : b + pc * ldb;
-    pack_b_block<T>(tb, kc, n, bsrc, ldb, packed + pc * npad);
-  }
+  auto pack = [&](int p, int parts) {
+    for (int64_t blk = blocks * p / parts; blk < blocks * (p + 1) / parts; ++blk) {
+      int64_t pc = blk * KC;
+      int64_t kc = std::min<int64_t>(KC, k - pc);
+      const T* bsrc = tb ? b + pc : b + pc * ldb;
+      pack_b_block<T>(tb, kc, n, bsrc, ldb, packed + pc * npad);
+    }
+  };
+  int nt = int(std::min<int64_t>(threads_for<T>(gemm_flops(k, n, 1)), blocks));
+  if (nt <= 1) return pack(0, 1);
+  run_parallel(nt, pack);
 }
 
 template <class T>
@@ -602,24 +658,22 @@ void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, 
   if (m <= 0 || n <= 0) return;
   constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
   // Few rows: the product streams the packed matrix, so threads pay off by bytes, not flops.
-  int nt = m <= kSmallM ? threads_for(k * n, 8, 1) : threads_for(m, n, k);
+  int nt = threads_for<T>(m <= kSmallM ? gemm_flops(k, n, 8) : gemm_flops(m, n, k));
   bool split_n = (n / NRv) >= (m / MR);
   int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
   nt = int(std::min<int64_t>(nt, units));
   if (nt <= 1) return gemm_packed_st<T>(ta, m, n, n, k, alpha, a, lda, packed, 0, beta, c, ldc, ep, 0);
-#pragma omp parallel num_threads(nt)
-  {
-    int p = omp_get_thread_num();
+  run_parallel(nt, [&](int p, int parts) {
     int64_t lo, hi;
     if (split_n) {
-      split_range(n, NRv, nt, p, &lo, &hi);
+      split_range(n, NRv, parts, p, &lo, &hi);
       gemm_packed_st<T>(ta, m, hi - lo, n, k, alpha, a, lda, packed, lo, beta, c + lo, ldc, ep, 0);
     } else {
-      split_range(m, MR, nt, p, &lo, &hi);
+      split_range(m, MR, parts, p, &lo, &hi);
       const T* as = ta ? a + lo : a + lo * lda;
       gemm_packed_st<T>(ta, hi - lo, n, n, k, alpha, as, lda, packed, 0, beta, c + lo * ldc, ldc, ep, lo);
     }
-  }
+  });
 }
 
 template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate) {
@@ -627,17 +681,20 @@ template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, 
   constexpr int W = V::W;
   constexpr int64_t CB = 256;  // columns per work item
   int64_t nblk = (cols + CB - 1) / CB;
-  int nt = std::max(1, std::min<int>(threads_for(rows, cols, 1), int(nblk)));
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    int64_t j0 = blk * CB, j1 = std::min(cols, j0 + CB);
-    for (int64_t j = j0; j < j1; j += W) {
-      int cnt = int(std::min<int64_t>(W, j1 - j));
-      auto s = accumulate ? V::load_n(out + j, cnt) : V::zero();
-      for (int64_t i = 0; i < rows; ++i) s = V::add(s, V::load_n(x + i * cols + j, cnt));
-      V::store_n(out + j, s, cnt);
+  auto sum = [&](int p, int parts) {
+    for (int64_t blk = nblk * p / parts; blk < nblk * (p + 1) / parts; ++blk) {
+      int64_t j0 = blk * CB, j1 = std::min(cols, j0 + CB);
+      for (int64_t j = j0; j < j1; j += W) {
+        int cnt = int(std::min<int64_t>(W, j1 - j));
+        auto s = accumulate ? V::load_n(out + j, cnt) : V::zero();
+        for (int64_t i = 0; i < rows; ++i) s = V::add(s, V::load_n(x + i * cols + j, cnt));
+        V::store_n(out + j, s, cnt);
+      }
     }
-  }
+  };
+  int nt = int(std::min<int64_t>(threads_for<T>(gemm_flops(rows, cols, 1)), nblk));
+  if (nt <= 1) return sum(0, 1);
+  run_parallel(nt, sum);
 }
 
 #define SEQCORE_INSTANTIATE(T)                                                                   \
