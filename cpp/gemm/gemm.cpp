@@ -334,9 +334,10 @@ void pack_a_panel(bool ta, int64_t mb, int64_t kc, const T* a, int64_t lda, T* d
 
 // Packs op(B)[0:kc, 0:nc] into ceil(nc/NR) panels of kc x NR (zero-padded to NR columns).
 // Row-major B goes 8 rows at a time: those rows stay in L1 while each panel gets its 8 rows
-// as one contiguous piece (panel by panel over all k, the source would jump a row stride
-// every NR columns; row by row over all panels, the writes would go to nc/NR streams that
-// lie a multiple of 4 KiB apart and fight over the same cache sets).
+// as one contiguous piece, and the next 8 rows are prefetched meanwhile (panel by panel over
+// all k, the source would jump a row stride every NR columns; row by row over all panels, the
+// writes would go to nc/NR streams that lie a multiple of 4 KiB apart and fight over the same
+// cache sets).
 template <class T>
 void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* dst) {
   constexpr int NRv = NR<T>, KB = 8;
@@ -349,7 +350,7 @@ void pack_b_block(bool tb, int64_t kc, int64_t nc, const T* b, int64_t ldb, T* d
       for (int64_t j0 = 0; j0 < nfull; j0 += NRv) {
         T* d = dst + j0 * kc + k0 * NRv;
         for (int64_t k = 0; k < kbn; ++k)
-          for (int64_t j = 0; j < NRv; j += 64 / sizeof(T)) __builtin_prefetch(s + (KB + k) * ldb + j0 + j, 0, 0);
+          for (int64_t j = 0; j < NRv; j += 64 / sizeof(T)) __builtin_prefetch(s + (KB + k) * ldb + j0 + j, 0, 3);
         for (int64_t k = 0; k < kb; ++k) std::memcpy(d + k * NRv, s + k * ldb + j0, NRv * sizeof(T));
       }
       if (tail) {
