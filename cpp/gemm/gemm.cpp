@@ -2,7 +2,10 @@
 //   jc over n by NC -> pc over k by KC -> pack B block (kc x nc, stays in L2)
 //   -> row panels of <= MR rows: pack the A micro-panel (mr x kc, stays in L1)
 //   -> jr over NR-wide B panels -> microkernel (mr x NR tile in registers) -> epilogue.
-// Packed A micro-panel: a[k*MR + i]; packed B panel: b[k*NR + j], zero-padded to NR columns.
+// Against a pre-packed B, products with few rows go B panel by B panel instead (each panel
+// comes from memory once and serves every row panel, of up to 2 MR rows, while in L2).
+// Packed A micro-panel: a[k*MR + i] (2 MR for the tall panels); packed B panel: b[k*NR + j],
+// zero-padded to NR columns.
 #include "gemm/gemm.h"
 
 #include <omp.h>
@@ -30,6 +33,7 @@ namespace {
 //   AVX-512: 6 x 64 floats (6 x 32 doubles): 24 accumulators hide 2 FMA ports x 4 cycles of
 //   latency three times over; per k step 4 vector loads + 6 broadcasts for 24 FMAs (under
 //   the 2 loads/cycle limit).  AVX2: the classic 6 x 16 (12 accumulators, 15 of 16 ymm).
+//   Scalar: 4 x 4.
 template <class T> struct Cfg;
 #if defined(__AVX512F__)
 template <> struct Cfg<float> { static constexpr int MR = 6, NV = 4, KC = 256, NC = 1024; };
