@@ -540,12 +540,15 @@ void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T
 // promptly holds up the join. Measured here with the other CPU busy with another process:
 // back-to-back parallel regions found their worker ~3 ms late (it had spun away its time
 // slice at the previous join), so an 80 us product took ~10 ms on 2 threads. Every parallel
-// region records how much later than an ordinary wake-up (kWakeNs) its workers started; a
-// product runs on more threads only while the time that saves is at least twice that recent
-// excess lateness. The estimate rises at once and decays (halves every kLateHalfLifeNs), so
-// a host that has become quiet again is noticed. The thread count never changes the results.
-constexpr double kWakeNs = 100e3, kLateHalfLifeNs = 50e6;
-std::atomic<int64_t> g_late_ns{0}, g_late_stamp_ns{0};
+// region records how much later than usual its workers started; a product runs on more
+// threads only while the time that saves is at least twice that recent excess lateness. The
+// estimate rises at once and decays (halves every kLateHalfLifeNs), so a host that has become
+// quiet again is noticed. "Usual": a worker that has been idle for more than ~3 ms sleeps,
+// and waking it takes 1-4 ms on this VM even when the host is quiet (paid once per burst of
+// products), so a start that follows a recent region (kWarmNs) may be kWarmLateNs late, any
+// other kColdLateNs. The thread count never changes the results.
+constexpr double kWarmNs = 1e6, kWarmLateNs = 100e3, kColdLateNs = 4e6, kLateHalfLifeNs = 50e6;
+std::atomic<int64_t> g_late_ns{0}, g_late_stamp_ns{0}, g_region_end_ns{0};
 
 inline int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -557,18 +560,20 @@ inline double recent_late_ns(int64_t now) {
   const double age = double(now - g_late_stamp_ns.load(std::memory_order_relaxed));
   return double(late) * std::exp2(-std::max(0.0, age) / kLateHalfLifeNs);
 }
-inline void record_late(double late_ns) {
+inline void record_late(double late_ns, bool warm) {
   const int64_t now = now_ns();
-  const double excess = std::max(0.0, late_ns - kWakeNs), prev = recent_late_ns(now);
+  const double excess = std::max(0.0, late_ns - (warm ? kWarmLateNs : kColdLateNs)), prev = recent_late_ns(now);
   const double v = excess >= prev ? excess : 0.75 * prev + 0.25 * excess;
   g_late_ns.store(int64_t(v), std::memory_order_relaxed);
   g_late_stamp_ns.store(now, std::memory_order_relaxed);
+  g_region_end_ns.store(now, std::memory_order_relaxed);
 }
 
 // Runs body(part, parts) on nt threads (the caller is part 0); records how late the others
 // started.
 template <class F> void run_parallel(int nt, const F& body) {
   const int64_t t0 = now_ns();
+  const bool warm = double(t0 - g_region_end_ns.load(std::memory_order_relaxed)) < kWarmNs;
   int64_t late = 0;
 #pragma omp parallel num_threads(nt) reduction(max : late)
   {
@@ -576,7 +581,7 @@ template <class F> void run_parallel(int nt, const F& body) {
     if (p != 0) late = now_ns() - t0;
     body(p, omp_get_num_threads());
   }
-  record_late(double(late));
+  record_late(double(late), warm);
 }
 
 // How many threads a product of `flops` (or flop-equivalents of memory traffic) deserves: one
