@@ -570,18 +570,20 @@ inline void record_late(double late_ns, bool warm) {
 }
 
 // Runs body(part, parts) on nt threads (the caller is part 0); records how late the others
-// started.
+// started. An exception (a failed scratch allocation) is rethrown here, after the region.
 template <class F> void run_parallel(int nt, const F& body) {
   const int64_t t0 = now_ns();
   const bool warm = double(t0 - g_region_end_ns.load(std::memory_order_relaxed)) < kWarmNs;
   int64_t late = 0;
+  FirstError err;
 #pragma omp parallel num_threads(nt) reduction(max : late)
   {
     const int p = omp_get_thread_num();
     if (p != 0) late = now_ns() - t0;
-    body(p, omp_get_num_threads());
+    err.run([&] { body(p, omp_get_num_threads()); });
   }
   record_late(double(late), warm);
+  err.rethrow();
 }
 
 // How many threads a product of `flops` (or flop-equivalents of memory traffic) deserves: one
