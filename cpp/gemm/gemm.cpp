@@ -438,11 +438,11 @@ void block_product_bstream(bool ta, int64_t m, int64_t nc, int64_t kc, const T* 
   const int64_t lines = (kc * NRv * int64_t(sizeof(T)) + 63) / 64, per = (lines + rp.np - 1) / rp.np;
   for (int64_t jr = 0; jr < nc; jr += NRv) {
     const int64_t nb = std::min<int64_t>(NRv, nc - jr);
-    const T* next = bp + (jr + NRv) * kc;
     const bool more = prefetch && jr + NRv < nc;
+    const T* next = more ? bp + (jr + NRv) * kc : bp;
     for (int64_t p = 0; p < rp.np; ++p) {
       const int64_t ir = rp.begin(p), mb = rp.size(p);
-      const int64_t l0 = std::min(lines, p * per), nl = more ? std::min(lines, l0 + per) - l0 : 0;
+      const int64_t l0 = more ? std::min(lines, p * per) : 0, nl = more ? std::min(lines, l0 + per) - l0 : 0;
       T* ct = c + ir * ldc + jr;
       run_tile<T>(kc, ablock + p * stride, bp + jr * kc, ct, ldc, alpha, beta, mb, nb, next + l0 * (64 / sizeof(T)), nl);
       if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
