@@ -47,6 +47,8 @@ template <> struct Vec<float> {
   static inline R min(R a, R b) { return _mm512_min_ps(a, b); }
   static inline R abs(R a) { return _mm512_abs_ps(a); }
   static inline R sqrt(R a) { return _mm512_sqrt_ps(a); }
+  // 1/a for normal, finite a within ~1 ulp: 14-bit estimate + one Newton step (no division).
+  static inline R rcp(R a) { R r = _mm512_rcp14_ps(a); return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.0f))); }
   static inline R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline M lt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static inline M le(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
@@ -90,6 +92,7 @@ template <> struct Vec<double> {
   static inline R min(R a, R b) { return _mm512_min_pd(a, b); }
   static inline R abs(R a) { return _mm512_abs_pd(a); }
   static inline R sqrt(R a) { return _mm512_sqrt_pd(a); }
+  static inline R rcp(R a) { return _mm512_div_pd(_mm512_set1_pd(1.0), a); }
   static inline M lt(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
   static inline M le(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
@@ -125,6 +128,12 @@ template <> struct Vec<float> {
   static inline R min(R a, R b) { return _mm256_min_ps(a, b); }
   static inline R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static inline R sqrt(R a) { return _mm256_sqrt_ps(a); }
+  // 1/a for normal, finite a: 12-bit estimate + two Newton steps (no division).
+  static inline R rcp(R a) {
+    R r = _mm256_rcp_ps(a);
+    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
+  }
   static inline R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline M lt(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static inline M le(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
@@ -184,6 +193,7 @@ template <> struct Vec<double> {
   static inline R min(R a, R b) { return _mm256_min_pd(a, b); }
   static inline R abs(R a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
   static inline R sqrt(R a) { return _mm256_sqrt_pd(a); }
+  static inline R rcp(R a) { return _mm256_div_pd(_mm256_set1_pd(1.0), a); }
   static inline M lt(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_LT_OQ); }
   static inline M le(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
@@ -222,6 +232,7 @@ template <class TT> struct ScalarVec {
   static inline R min(R a, R b) { return a < b ? a : b; }
   static inline R abs(R a) { return std::fabs(a); }
   static inline R sqrt(R a) { return std::sqrt(a); }
+  static inline R rcp(R a) { return T(1) / a; }
   static inline R round(R a) { return std::nearbyint(a); }
   static inline M lt(R a, R b) { return a < b; }
   static inline M le(R a, R b) { return a <= b; }

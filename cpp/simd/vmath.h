@@ -124,7 +124,7 @@ struct ErfcParts {
 };
 inline ErfcParts erfc_parts(Vec<float>::R z, Vec<float>::R hi, Vec<float>::R lo) {
   using V = Vec<float>;
-  V::R t = V::div(V::set1(1.0f), V::fma(z, V::set1(0.5f), V::set1(1.0f)));
+  V::R t = V::rcp(V::fma(z, V::set1(0.5f), V::set1(1.0f)));  // 1 + z/2 in [1, 7]: no division needed
   V::R p = V::set1(0.17087277f);
   p = V::fma(p, t, V::set1(-0.82215223f));
   p = V::fma(p, t, V::set1(1.48851587f));
