@@ -185,7 +185,7 @@ template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, boo
     n += carve_size<T>(packed_b_size<T>(N, H));
     n += carve_size<T>(T_ * B * N) * (s.cell == Cell::gru ? 2 : 1);
     n += 2 * carve_size<T>(B * H) + carve_size<T>(N * I) + carve_size<T>(N * H) + 2 * carve_size<T>(N);
-    n += carve_size<T>(T_ * B);
+    n += carve_size<T>(T_ * B * 2);  // sq: doubles
     if (s.reverse) n += 2 * carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * H);
   }
   return n;
@@ -277,7 +277,7 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   T* dwhh_b = ws.take(N * H);
   T* dbx = ws.take(N);
   T* dbh = ws.take(N);
-  T* sq = ws.take(T_ * B);
+  double* sq = reinterpret_cast<double*>(ws.take(T_ * B * 2));  // squared ||dL/dh|| per (step, row)
   T* xrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
   T* dxrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
   T* dyrev = s.reverse ? ws.take(T_ * B * H) : nullptr;
@@ -307,12 +307,15 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
       if (s.lengths && st >= s.lengths[b]) {  // frozen: gradients pass straight through
         std::memset(dzx_r, 0, size_t(N) * sizeof(T));
         if (gru) std::memset(dzh_r, 0, size_t(N) * sizeof(T));
-        sq[st * B + b] = T(0);
+        sq[st * B + b] = 0.0;
         continue;
       }
       const T* dyb = dyin ? dyin + (st * B + b) * H : nullptr;
       const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
-      R acc = V::zero();
+      // Squares summed twice: as they are, and scaled by 2^120 (float) so that gradients that
+      // vanish below ~1e-19, whose squares underflow float, still get a norm.
+      R acc = V::zero(), accs = V::zero();
+      const R up = V::set1(sizeof(T) == 4 ? T(1152921504606846976.0) : T(1));  // 2^60
       for (int64_t blk = 0; blk < L.nblk; ++blk) {
         const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
         if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
@@ -325,6 +328,10 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
           R d = V::load_n(dhb + u0 + u, cnt);
           if (dyb) d = V::add(d, V::load_n(dyb + u0 + u, cnt));
           acc = V::fma(d, d, acc);
+          if constexpr (sizeof(T) == 4) {
+            const R du = V::mul(d, up);
+            accs = V::fma(du, du, accs);
+          }
           if (lstm) {
             const T* g = gb + c0;
             R i = V::load_n(g + u, cnt), f = V::load_n(g + ub + u, cnt);
@@ -368,7 +375,9 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
           }
         }
       }
-      sq[st * B + b] = V::reduce_add(acc);
+      const double plain = double(V::reduce_add(acc));
+      const double scaled = sizeof(T) == 4 ? double(V::reduce_add(accs)) : 0.0;
+      sq[st * B + b] = (sizeof(T) == 4 && plain < 1e-30 && std::isfinite(scaled)) ? scaled * 0x1p-120 : plain;
     }
     gemm_packed<T>(false, B, H, N, T(1), dzh + st * B * N, N, packed, T(1), dh, H, nullptr);
   }
@@ -377,13 +386,13 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
 
   if (a.dh_norms) {  // original time order; per-row squares summed in batch order
     for (int64_t t = 0; t < T_; ++t) {
-      T acc = T(0);
+      double acc = 0.0;
       for (int64_t b = 0; b < B; ++b) {
         int64_t len = seq_len(s, b);
         if (t >= len) continue;
         acc += sq[(s.reverse ? len - 1 - t : t) * B + b];
       }
-      a.dh_norms[t] = std::sqrt(acc);
+      a.dh_norms[t] = T(std::sqrt(acc));
     }
   }
 
