@@ -1181,3 +1181,20 @@ def test_torch_state_dict_keys_match(torch):
             assert list(sm.state_dict()) == list(tm.state_dict())
             for k, v in sm.state_dict().items():
                 assert v.shape == tuple(tm.state_dict()[k].shape), k
+
+
+def test_dh_norms_do_not_underflow_in_float32():
+    """||dL/dh_t|| far below 1e-19 (squares below the float range) still match float64."""
+    x = np.random.default_rng(0).random((100, 8, 2))
+    d = np.zeros((100, 8, 64))
+    d[-1] = 1.0
+    norms = {}
+    for dt in (np.float32, np.float64):
+        m = nn.GRU(2, 64, rng=0, dtype=dt)
+        m.forward(x.astype(dt))
+        m.backward(d.astype(dt))
+        norms[dt] = m.last_dh_norms[(0, 0)].astype(np.float64)
+    ref = norms[np.float64]
+    keep = ref > 1e-35
+    assert keep[:5].all() and ref[0] < 1e-15, ref[:3]
+    np.testing.assert_allclose(norms[np.float32][keep], ref[keep], rtol=1e-3)
