@@ -319,7 +319,10 @@ def call(label, f, *args, **kwargs):
         if isinstance(a, np.ndarray):
             return f"ndarray{a.shape}:{a.dtype}:strides={a.strides}:writeable={a.flags.writeable}"
         if isinstance(a, list):
-            return f"list{np.shape(a)}"
+            try:
+                return f"list{np.shape(a)}"
+            except ValueError:
+                return f"list(ragged, {len(a)})"
         return repr(a)
     print(label, [desc(a) for a in args], {k: desc(v) for k, v in kwargs.items()}, flush=True)
     try:

@@ -352,3 +352,80 @@ def test_public_api_fuzz_never_crashes(seed):
     """Random shapes (0 and 1 included), dtypes, layouts, non-arrays, NaN/Inf: every call
     returns or raises ValueError/TypeError/MemoryError; never a crash or another exception."""
     run_fuzz_child(API_FUZZ, seed=seed, cases=FUZZ_CASES)
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adamw", "rmsprop"])
+def test_optimizer_steps_bitwise_across_threads(kind):
+    """The fused optimizer kernels split elements, never a reduction: same bits for 1 and 2
+    threads (parameters and every state buffer)."""
+    rng = np.random.default_rng(3)
+    data = rng.standard_normal(300_007).astype(np.float32)
+    grads = [rng.standard_normal(300_007).astype(np.float32) for _ in range(3)]
+
+    def run():
+        p = nn.Parameter(data)
+        o = {"sgd": lambda: optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2),
+             "adam": lambda: optim.Adam([p], amsgrad=True, weight_decay=1e-2),
+             "adamw": lambda: optim.AdamW([p]),
+             "rmsprop": lambda: optim.RMSprop([p], centered=True, momentum=0.5)}[kind]()
+        for g in grads:
+            p.grad[...] = g
+            o.step()
+        st = o.state_dict()["state"]
+        bufs = [np.asarray(v) for s in st.values() for v in s.values() if isinstance(v, np.ndarray)]
+        return (p.data.copy(),) + tuple(b.copy() for b in bufs)
+
+    assert_thread_invariant(run)
+
+
+def test_cross_entropy_bitwise_across_threads():
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((3000, 257)).astype(np.float32)
+    t = rng.integers(0, 257, size=3000)
+    t[::7] = -100
+
+    def run():
+        loss, lse = F.cross_entropy(logits, t, label_smoothing=0.1, return_lse=True)
+        return np.asarray(loss), F.cross_entropy_backward(1.0, logits, t, label_smoothing=0.1, lse=lse)
+
+    assert_thread_invariant(run)
+
+
+INIT_SAVE_FUZZ = """
+from seqcore import init, nn
+k = int(rng.integers(3))
+if k == 0:
+    fn = [init.xavier_uniform_, init.xavier_normal_, init.kaiming_uniform_, init.kaiming_normal_,
+          init.orthogonal_, init.zeros_, init.ones_, init.uniform_, init.normal_][int(rng.integers(9))]
+    t = arr()
+    if rng.random() < 0.3 and isinstance(t, np.ndarray) and t.dtype.kind == "f":
+        t = nn.Parameter(t)
+    call(fn.__name__, fn, t, rng=int(rng.integers(5)))
+elif k == 1:
+    import tempfile, os
+    obj = [arr(), {"a": arr(), "b": [1, 2.5, None, "x"]}, {"w": np.ones(3), "nested": {"s": np.float32(2)}},
+           {1: arr()}, {"bad": object()}, [arr(), (arr(), True)]][int(rng.integers(6))]
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ck.npz")
+        if call("save", seqcore.save, obj, path) is None and os.path.exists(path):
+            call("load", seqcore.load, path)
+else:
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "ck.npz")
+        seqcore.save({"w": np.arange(50, dtype=np.float32), "step": 3}, path)
+        blob = bytearray(open(path, "rb").read())
+        for _ in range(int(rng.integers(1, 6))):
+            i = int(rng.integers(len(blob)))
+            blob[i] ^= int(rng.integers(1, 256))
+        if rng.random() < 0.3:
+            blob = blob[: int(rng.integers(len(blob)))]
+        open(path, "wb").write(bytes(blob))
+        call("load_corrupted", seqcore.load, path)
+"""
+
+
+def test_init_and_checkpoint_fuzz_never_crashes():
+    """Initializers on random arrays, save of random structures, load of randomly corrupted
+    files: ValueError/TypeError only (a corrupted file names itself, see above)."""
+    run_fuzz_child(INIT_SAVE_FUZZ, seed=5, cases=max(300, FUZZ_CASES // 2))
