@@ -13,7 +13,7 @@ import numpy as np
 
 from seqcore import functional as F
 from seqcore import init
-from seqcore.nn.module import Module, Parameter, make_rng
+from seqcore.nn.module import Module, ModuleList, Parameter, make_rng
 
 __all__ = ["Linear", "Identity", "ReLU", "LeakyReLU", "PReLU", "Tanh", "Sigmoid", "SiLU", "GELU",
            "Sequential", "CrossEntropyLoss", "MSELoss", "BatchNorm1d"]
@@ -202,12 +202,13 @@ class GELU(_Activation):
         return f"approximate={self.approximate!r}"
 
 
-class Sequential(Module):
+class Sequential(ModuleList):
     """Chains modules: ``forward(x) = m_k(...m_1(m_0(x)))``; ``backward(dy)`` runs the
     children's ``backward`` in reverse order and returns the first module's input gradient.
 
     Children are registered as sub-modules named ``'0'``, ``'1'``, ... (or the keys of an
     OrderedDict), so ``state_dict`` keys match ``torch.nn.Sequential`` (``'0.weight'``).
+    Indexing, ``len``, iteration and ``append`` are :class:`ModuleList`'s.
     """
 
     def __init__(self, *modules):
@@ -218,27 +219,6 @@ class Sequential(Module):
             items = [(str(i), m) for i, m in enumerate(modules)]
         for name, m in items:
             self.add_module(name, m)
-
-    def add_module(self, name, module):
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential: {name!r} is not a seqcore.nn.Module ({type(module).__name__})")
-        setattr(self, str(name), module)
-
-    def append(self, module):
-        self.add_module(str(len(self._modules)), module)
-        return self
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def __getitem__(self, idx):
-        mods = list(self._modules.values())
-        if isinstance(idx, slice):
-            return Sequential(OrderedDict(list(self._modules.items())[idx]))
-        return mods[idx]
 
     def forward(self, x):
         for m in self._modules.values():

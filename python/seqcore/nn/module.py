@@ -207,10 +207,13 @@ class ModuleList(Module):
         for m in modules:
             self.append(m)
 
-    def append(self, module):
+    def add_module(self, name, module):
         if not isinstance(module, Module):
-            raise TypeError(f"ModuleList holds seqcore.nn.Module instances, got {type(module).__name__}")
-        setattr(self, str(len(self._modules)), module)
+            raise TypeError(f"{type(self).__name__}: {name!r} is not a seqcore.nn.Module ({type(module).__name__})")
+        setattr(self, str(name), module)
+
+    def append(self, module):
+        self.add_module(str(len(self._modules)), module)
         return self
 
     def __len__(self):
@@ -220,4 +223,13 @@ class ModuleList(Module):
         return iter(self._modules.values())
 
     def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            return self._from_items(list(self._modules.items())[idx])
         return list(self._modules.values())[idx]
+
+    @classmethod
+    def _from_items(cls, items):
+        out = cls()
+        for name, m in items:
+            out.add_module(name, m)
+        return out
