@@ -78,6 +78,17 @@ def one_hot(ids, n, dtype=np.float32):
 
 
 # ============================================================================ recurrent
+def _readout_backward(head, d_out, readout, T):
+    """Gradient of the sequence under a Linear head read at the last step ('last': zeros but
+    at t = T-1) or at every step ('all')."""
+    dh = head.backward(d_out)
+    if readout != "last":
+        return dh
+    d_seq = np.zeros((T,) + dh.shape, dh.dtype)
+    d_seq[-1] = dh
+    return d_seq
+
+
 class RecurrentModel(nn.Module):
     """``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` (``layers`` deep, ``hidden`` wide) and a linear
     read-out ``head``: ``out = head(h_T)`` (``readout='last'``) or ``head(h_t)`` for every t.
@@ -123,12 +134,7 @@ class RecurrentModel(nn.Module):
         return self.head.forward(out[-1] if self.info["readout"] == "last" else out)
 
     def backward(self, d_out):
-        dh = self.head.backward(d_out)
-        if self.info["readout"] == "last":
-            d_seq = np.zeros((self._T,) + dh.shape, dh.dtype)
-            d_seq[-1] = dh
-        else:
-            d_seq = dh
+        d_seq = _readout_backward(self.head, d_out, self.info["readout"], self._T)
         self.rnn.backward(d_seq, need_input_grad=False)
 
     def recurrent_layers(self):
@@ -226,12 +232,7 @@ class TransformerModel(nn.Module):
         return self.head.forward(h[-1] if self.info["readout"] == "last" else h)
 
     def backward(self, d_out):
-        dh = self.head.backward(d_out)
-        if self.info["readout"] == "last":
-            d_seq = np.zeros((self._T,) + dh.shape, dh.dtype)
-            d_seq[-1] = dh
-        else:
-            d_seq = dh
+        d_seq = _readout_backward(self.head, d_out, self.info["readout"], self._T)
         self.embed.backward(self.pos.backward(self.encoder.backward(d_seq)))
 
     def recurrent_layers(self):
