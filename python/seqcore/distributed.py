@@ -82,13 +82,18 @@ def _launched_by_mpi():
 def _abort_on_exception(comm):
     """An uncaught exception on one rank would leave the others blocked in a collective forever:
     print it, then MPI_Abort the whole job (mpiexec then exits non-zero)."""
-    previous = sys.excepthook
+    import time
+    import traceback
 
     def hook(kind, value, tb):
-        previous(kind, value, tb)
-        sys.stderr.write(f"seqcore.distributed: rank {comm.Get_rank()} failed ({kind.__name__}); aborting all "
-                         f"{comm.Get_size()} ranks\n")
+        # one write (traceback + our line), flushed, and a moment for the launcher to forward
+        # it before MPI_Abort tears the job down
+        msg = "".join(traceback.format_exception(kind, value, tb))
+        msg += (f"seqcore.distributed: rank {comm.Get_rank()} failed ({kind.__name__}); aborting all "
+                f"{comm.Get_size()} ranks\n")
+        sys.stderr.write(msg)
         sys.stderr.flush()
+        time.sleep(0.2)
         comm.Abort(1)
 
     sys.excepthook = hook
