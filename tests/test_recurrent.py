@@ -902,6 +902,36 @@ def test_cell_step_thread_count_bitwise():
         assert_thread_invariant(lambda: cell.step(x, hx))
 
 
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_cell_step_small_batches_match_twin(kind, dtype):
+    """The streaming step for B = 1..8 (B <= 4 runs a GEMV-shaped kernel, more rows the GEMM's
+    tall tiles), input sizes past one K block (300 > 256), hidden sizes that end mid-vector:
+    vs the NumPy twin; repeated calls (which alternate the order of the weight blocks) and
+    1 vs 2 threads give the same bits."""
+    rng = np.random.default_rng(31)
+    twin = {"lstm": R.lstm_cell, "gru": R.gru_cell}.get(kind)
+    for I, H in ((300, 37), (5, 130), (600, 130)):  # the last one runs on 2 threads
+        cell = seqcore_cell(kind, I, H, True, dtype)
+        w = [p.data for p in cell.parameters()]
+        for B in range(1, 9):
+            x = rng.standard_normal((B, I)).astype(dtype)
+            h = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+            c = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+            hx = (h, c) if kind == "lstm" else h
+            got = assert_thread_invariant(lambda: cell.step(x, hx))
+            again = cell.step(x, hx)
+            assert np.array_equal(np.asarray(got), np.asarray(again)), f"B={B}: a repeated step differs"
+            if kind == "lstm":
+                want = twin(x, h, c, *w)
+                close(got[0], want[0], dtype, f"B={B} h'")
+                close(got[1], want[1], dtype, f"B={B} c'")
+            elif kind == "gru":
+                close(got, twin(x, h, *w), dtype, f"B={B} h'")
+            else:
+                close(got, R.rnn_cell(x, h, *w, nonlinearity=kind[4:]), dtype, f"B={B} h'")
+
+
 # ----------------------------------------------------------------------------- 7. bad input
 @pytest.mark.parametrize("kind", KINDS)
 def test_functional_rejects_bad_input(kind):

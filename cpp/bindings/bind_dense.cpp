@@ -272,8 +272,7 @@ class PackedMatrix {
       using T = decltype(tag);
       int64_t elems = K<T>().packed_b_size(k_, n_);
       bytes_ = size_t(elems) * sizeof(T);
-      data_.reset(std::aligned_alloc(64, (bytes_ + 63) / 64 * 64));
-      if (!data_) throw std::bad_alloc();
+      data_.reset(alloc_pages(bytes_));
       const T* pb = cptr<T>(b);
       T* dst = static_cast<T*>(data_.get());
       int64_t ld = std::max<int64_t>(b.shape(1), 1);

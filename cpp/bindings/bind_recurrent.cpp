@@ -1,6 +1,7 @@
 // Recurrent bindings: whole-sequence forward/backward for one layer and one direction.
 // The context returned by forward keeps what backward needs (activations saved by the
 // kernel, references to x and the weights).
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -224,8 +225,7 @@ class PackedRecurrent {
       const auto& K_ = K<T>();
       N_ = K_.recurrent_gate_cols(ci_.cell, H_);
       bytes_ = size_t(K_.recurrent_packed_size(ci_.cell, I_, H_)) * sizeof(T);
-      data_.reset(std::aligned_alloc(64, (bytes_ + 63) / 64 * 64));
-      if (!data_) throw std::bad_alloc();
+      data_.reset(alloc_pages(bytes_));
       const T* bi = opt<T>(c.b_ih);
       const T* bh = opt<T>(c.b_hh);
       const T* wi = cptr<T>(c.w_ih);
@@ -241,13 +241,13 @@ class PackedRecurrent {
   py::object step(const py::object& x_o, const py::object& h_o, const py::object& c_o) {
     const bool lstm = ci_.cell == Cell::lstm;
     if (!lstm && !c_o.is_none()) throw py::value_error("step: c is only for LSTM");
-    FloatType ft = common_float_type({{x_o, "x"}, {h_o, "h"}, {c_o, "c"}});
+    FloatType ft = common_float_type({{x_o, "input"}, {h_o, "h"}, {c_o, "c"}});
     if (ft != ft_ && (py::isinstance<py::array>(x_o) || !h_o.is_none()))
       throw py::type_error(std::string("step: inputs must have the weights' dtype (") +
                            (ft_ == FloatType::f32 ? "float32" : "float64") + ")");
-    py::array x = as_float_array(x_o, "x", ft_);
-    check_ndim(x, "x", 2, ("(B, " + std::to_string(I_) + ")").c_str());
-    if (x.shape(1) != I_) shape_error("x", "(B, " + std::to_string(I_) + ")", x);
+    py::array x = as_float_array(x_o, "input", ft_);
+    check_ndim(x, "input", 2, ("(B, " + std::to_string(I_) + ")").c_str());
+    if (x.shape(1) != I_) shape_error("input", "(B, " + std::to_string(I_) + ")", x);
     const int64_t B = x.shape(0);
     std::optional<py::array> h, c;
     if (!h_o.is_none()) { h = as_float_array(h_o, "h", ft_); check_shape(*h, "h", {B, H_}); }
@@ -266,10 +266,11 @@ class PackedRecurrent {
       const T* pcc = c ? cptr<T>(*c) : zeros;
       T* ph_out = h_out.mutable_data();
       const T* packed = static_cast<const T*>(data_.get());
+      const bool backwards = (calls_.fetch_add(1, std::memory_order_relaxed) & 1) != 0;
       {
         py::gil_scoped_release rel;
         if (!h || (lstm && !c)) std::memset(zeros, 0, size_t(B * H_) * sizeof(T));
-        if (B > 0) K<T>().recurrent_step(ci_.cell, B, I_, H_, packed, px, ph, lstm ? pcc : nullptr, ph_out, pc_out, work);
+        if (B > 0) K<T>().recurrent_step(ci_.cell, B, I_, H_, packed, px, ph, lstm ? pcc : nullptr, ph_out, pc_out, work, backwards);
       }
       if (lstm) return py::make_tuple(h_out, c_ret);
       return h_out;
@@ -285,6 +286,7 @@ class PackedRecurrent {
   CellInfo ci_{};
   FloatType ft_ = FloatType::f32;
   int64_t I_ = 0, H_ = 0, N_ = 0;
+  std::atomic<uint64_t> calls_{0};  // alternates the weight order of successive steps
 };
 
 }  // namespace

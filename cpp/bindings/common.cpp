@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <mutex>
@@ -262,6 +263,18 @@ struct Workspace {
 };
 thread_local Workspace tls_ws;
 }  // namespace
+
+void* alloc_pages(size_t bytes) {
+  constexpr size_t kHuge = size_t(1) << 21;
+  const size_t align = bytes >= kHuge / 2 ? kHuge : 64;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded);
+  if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);
+#endif
+  return p;
+}
 
 void* thread_workspace(size_t bytes) {
   if (bytes > tls_ws.bytes) {

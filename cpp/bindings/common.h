@@ -64,6 +64,10 @@ template <class T> inline const T* cptr(const py::array& a) { return static_cast
 
 int64_t numel(const Shape& s);
 // Throws MemoryError if `count` elements of `itemsize` bytes cannot be addressed.
+// Memory for a long-lived packed weight (free with std::free): from 1 MiB on, whole 2 MiB
+// pages asked to be huge pages (one TLB entry each, and the hardware prefetchers, which stop
+// at 4 KiB page boundaries, are not restarted every 4 KiB). Throws std::bad_alloc.
+void* alloc_pages(size_t bytes);
 void check_alloc(const Shape& s, size_t itemsize);
 
 // Workspace for kernels called from this thread: grows to the largest request and is kept

@@ -551,6 +551,8 @@ inline double gemm_flops(int64_t m, int64_t n, int64_t k) {
 
 // Products with at most this many rows stream the packed B (GEMV-like): threads by bytes.
 constexpr int kSmallM = 4;
+// gemv_packed_cols takes at most this many rows.
+constexpr int kGemvRows = 4;
 
 // Split [0, total) in units of `unit` into `parts` contiguous ranges; range of part p.
 inline void split_range(int64_t total, int64_t unit, int parts, int p, int64_t* begin, int64_t* end) {
@@ -634,6 +636,104 @@ void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, 
   });
 }
 
+template <class T>
+void gemm_packed_cols(bool ta, int64_t m, int64_t n_total, int64_t j0, int64_t j1, int64_t k, T alpha, const T* a,
+                      int64_t lda, const T* packed, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
+  gemm_packed_st<T>(ta, m, j1 - j0, n_total, k, alpha, a, lda, packed, j0, beta, c + j0, ldc, ep, 0);
+}
+
+namespace {
+// Few-row products against packed B panels, a GEMV at heart: the wide tile's accumulators would
+// be too few to hide the FMA latency (one row: NV chains), so each row's sum over k runs in CH
+// interleaved chains (k mod CH, ascending within each), added in chain order at the end.
+template <class T, int MB>
+void gemv_tile(int64_t k, const T* a, int64_t lda, const T* packed, int64_t npad, int64_t jb, int nb, bool acc_c,
+               const T* bias, T* c, int64_t ldc) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int W = V::W, NV = Cfg<T>::NV, NRv = NR<T>, KC = Cfg<T>::KC;
+  constexpr int CH = std::max(1, std::min(4, 8 / (MB * NV)));
+  R acc[CH][MB][NV];
+#pragma GCC unroll 4
+  for (int h = 0; h < CH; ++h)
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[h][i][j] = V::zero();
+  for (int64_t pc = 0; pc < k; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, k - pc);
+    const T* panel = packed + pc * npad + jb * kc;
+    const T* ak = a + pc;
+    int64_t kk = 0;
+    auto row = [&](int h, int64_t r) __attribute__((always_inline)) {
+      R bv[NV];
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) bv[j] = V::load(panel + r * NRv + j * W);
+#pragma GCC unroll 4
+      for (int i = 0; i < MB; ++i) {
+        const R av = V::set1(ak[i * lda + r]);
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[h][i][j] = V::fma(av, bv[j], acc[h][i][j]);
+      }
+    };
+    // The chain of global row pc + r is (pc + r) mod CH; KC is a multiple of CH.
+    for (; kk + CH <= kc; kk += CH) {
+#pragma GCC unroll 4
+      for (int h = 0; h < CH; ++h) row(h, kk + h);
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < CH - 1; ++h)
+      if (kk + h < kc) row(h, kk + h);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) {
+      if (j * W >= nb) break;
+      R r = acc[0][i][j];
+#pragma GCC unroll 4
+      for (int h = 1; h < CH; ++h) r = V::add(r, acc[h][i][j]);
+      const int cnt = int(std::min<int64_t>(W, nb - j * W));
+      T* p = c + i * ldc + j * W;
+      if (acc_c) r = V::add(V::load_n(p, cnt), r);
+      if (bias) r = V::add(r, V::load_n(bias + jb + j * W, cnt));
+      V::store_n(p, r, cnt);
+    }
+}
+}  // namespace
+
+template <class T> int gemv_max_rows() { return kGemvRows; }
+
+template <class T>
+void gemv_packed_cols(int64_t m, int64_t n_total, int64_t j0, int64_t j1, int64_t k, const T* a, int64_t lda,
+                      const T* packed, bool accumulate, const T* bias, T* c, int64_t ldc) {
+  constexpr int NRv = NR<T>;
+  const int64_t npad = round_up(n_total, NRv);
+  for (int64_t jb = j0; jb < j1; jb += NRv) {
+    const int nb = int(std::min<int64_t>(NRv, j1 - jb));
+    T* ct = c + jb;
+    if (k <= 0) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int j = 0; j < nb; ++j) ct[i * ldc + j] = (accumulate ? ct[i * ldc + j] : T(0)) + (bias ? bias[jb + j] : T(0));
+      continue;
+    }
+    switch (m) {
+      case 1: gemv_tile<T, 1>(k, a, lda, packed, npad, jb, nb, accumulate, bias, ct, ldc); break;
+      case 2: gemv_tile<T, 2>(k, a, lda, packed, npad, jb, nb, accumulate, bias, ct, ldc); break;
+      case 3: gemv_tile<T, 3>(k, a, lda, packed, npad, jb, nb, accumulate, bias, ct, ldc); break;
+      case 4: gemv_tile<T, 4>(k, a, lda, packed, npad, jb, nb, accumulate, bias, ct, ldc); break;
+      default: break;
+    }
+  }
+}
+
+template <class T> int gemm_threads(double flops) { return threads_for<T>(flops); }
+
+void gemm_parallel(int nt, void (*fn)(void*, int, int), void* ctx) {
+  if (nt <= 1) return fn(ctx, 0, 1);
+  run_parallel(nt, [&](int p, int parts) { fn(ctx, p, parts); });
+}
+
 template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, bool accumulate) {
   using V = Vec<T>;
   constexpr int W = V::W;
@@ -663,6 +763,12 @@ template <class T> void col_sum(const T* x, int64_t rows, int64_t cols, T* out, 
   template void pack_b<T>(bool, int64_t, int64_t, const T*, int64_t, T*);                       \
   template void gemm_packed<T>(bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \
                                T, T*, int64_t, const Epilogue<T>*);                              \
+  template void gemm_packed_cols<T>(bool, int64_t, int64_t, int64_t, int64_t, int64_t, T, const T*, int64_t, \
+                                    const T*, T, T*, int64_t, const Epilogue<T>*);                  \
+  template int gemm_threads<T>(double);                                                          \
+  template int gemv_max_rows<T>();                                                               \
+  template void gemv_packed_cols<T>(int64_t, int64_t, int64_t, int64_t, int64_t, const T*, int64_t, const T*, \
+                                    bool, const T*, T*, int64_t);                                 \
   template void col_sum<T>(const T*, int64_t, int64_t, T*, bool);
 SEQCORE_INSTANTIATE(float)
 SEQCORE_INSTANTIATE(double)

@@ -22,6 +22,29 @@ template <class T>
 void gemm_packed(bool trans_a, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
                  const T* packed_b, T beta, T* c, int64_t ldc, const Epilogue<T>* ep);
 
+// gemm_packed restricted to columns [j0, j1) of the packed B (of n_total columns; j0 a
+// multiple of gemm_nr()), on the calling thread: C's columns j0..j1 (c points at column 0)
+// get exactly the values gemm_packed would give them. For callers that own the loop over
+// column blocks (a recurrent step: two products and the gate math per block).
+template <class T>
+void gemm_packed_cols(bool trans_a, int64_t m, int64_t n_total, int64_t j0, int64_t j1, int64_t k, T alpha,
+                      const T* a, int64_t lda, const T* packed_b, T beta, T* c, int64_t ldc, const Epilogue<T>* ep);
+
+// Few rows (m <= gemv_max_rows()) against packed B columns [j0, j1): C = A B (+ C when
+// accumulate) (+ bias[col]), on the calling thread. A GEMV-shaped kernel that sums over k in
+// interleaved chains (it hides the FMA latency with one row): its last bits may differ from
+// gemm_packed's, but never with the thread count or the column range.
+template <class T> int gemv_max_rows();
+template <class T>
+void gemv_packed_cols(int64_t m, int64_t n_total, int64_t j0, int64_t j1, int64_t k, const T* a, int64_t lda,
+                      const T* packed_b, bool accumulate, const T* bias, T* c, int64_t ldc);
+
+// The GEMM's thread policy for work worth `flops` (or flop-equivalents of memory traffic):
+// at most the pool, fewer while the host has been starting workers late. And its fork-join:
+// fn(ctx, part, parts) on nt threads (the caller is part 0); an exception is rethrown after.
+template <class T> int gemm_threads(double flops);
+void gemm_parallel(int nt, void (*fn)(void* ctx, int part, int parts), void* ctx);
+
 // Width of the GEMM's register tile in columns (tiles handed to Epilogue::tile_fn start at
 // multiples of it and are at most this wide).
 template <class T> int gemm_nr();

@@ -38,7 +38,7 @@ void recurrent_pack(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_h
                     T* packed);
 template <class T>
 void recurrent_step(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h, const T* c,
-                    T* h_out, T* c_out, T* work);
+                    T* h_out, T* c_out, T* work, bool backwards);
 
 }  // namespace SEQCORE_ISA
 }  // namespace seqcore

@@ -132,11 +132,12 @@ struct KernelsT {
   void (*recurrent_backward)(const RecurrentShape& s, const RecurrentBackwardArgs<T>& a);
   // Streaming: weights blocked and packed once (recurrent_pack into recurrent_packed_size
   // elements), then one step for a small batch: (h, c) -> (h_out, c_out); work: 2*B*N.
+  // backwards: the weight blocks in descending order (alternate it: see recurrent.cpp).
   int64_t (*recurrent_packed_size)(Cell cell, int64_t I, int64_t H);
   void (*recurrent_pack)(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, const T* b_ih,
                          const T* b_hh, T* packed);
   void (*recurrent_step)(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h,
-                         const T* c, T* h_out, T* c_out, T* work);
+                         const T* c, T* h_out, T* c_out, T* work, bool backwards);
   // ---- training (cpp/ops/optim.cpp)
   void (*sgd_step)(T* p, const T* grad, T* buf, int64_t n, const SgdHyper& h);
   void (*adam_step)(T* p, const T* grad, T* m, T* v, T* vmax, int64_t n, const AdamHyper& h);

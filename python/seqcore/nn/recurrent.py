@@ -381,13 +381,15 @@ class RNNCellBase(Module):
         return self._run(input, hx, True)
 
     def _packed_weights(self):
-        params = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
-        key = tuple((id(p.data), p.version) for p in params if p is not None)
+        wi, wh, bi, bh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        if bi is None:
+            key = (id(wi), wi.version, id(wh), wh.version)
+        else:
+            key = (id(wi), wi.version, id(wh), wh.version, id(bi), bi.version, id(bh), bh.version)
         if self._packed_key != key:
             self._packed = F._core.PackedRecurrent(
-                _KERNEL_MODE[self.mode], self.weight_ih.data, self.weight_hh.data,
-                None if self.bias_ih is None else self.bias_ih.data,
-                None if self.bias_hh is None else self.bias_hh.data)
+                _KERNEL_MODE[self.mode], wi.data, wh.data, None if bi is None else bi.data,
+                None if bh is None else bh.data)
             self._packed_key = key
         return self._packed
 
@@ -400,8 +402,17 @@ class RNNCellBase(Module):
         unchanged (seqcore's optimizers, ``load_state_dict`` and assigning ``.data`` bump
         ``Parameter.version``; after editing ``.data`` in place call ``refresh()``).
         """
+        packed = self._packed_weights()
+        if type(input) is np.ndarray and input.ndim == 2:
+            # The batched fast path: the kernel checks shapes and dtypes itself.
+            if hx is None:
+                return packed.step(input, None, None)
+            if self.mode != "LSTM":
+                return packed.step(input, hx, None)
+            if type(hx) is tuple and len(hx) == 2:
+                return packed.step(input, hx[0], hx[1])
         x, h, c, unbatched = self._inputs(input, hx)
-        out = self._packed_weights().step(x, h, c)
+        out = packed.step(x, h, c)
         if unbatched:
             out = (out[0][0], out[1][0]) if self.mode == "LSTM" else out[0]
         return out
