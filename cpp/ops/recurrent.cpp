@@ -98,63 +98,120 @@ template <class T> struct StepCtx {
   T* hn;            // (B,H) GRU: W_hn h + b_hn, or null
 };
 
+// The gate math of one row block for RG rows at once (rows b[0..RG), tile rows z[k], one
+// vector of units at u): the stages of the RG rows are independent chains, written stage by
+// stage so the core overlaps them (one row alone is a ~100-cycle dependency chain per vector).
+template <class T, int RG>
+inline void lstm_rows(const StepCtx<T>& s, T* const* z, const int64_t* b, int64_t u0, int64_t ub, int64_t u, int cnt,
+                      bool write_y) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  const int64_t H = s.L->H;
+  R i[RG], f[RG], g[RG], o[RG], cn[RG], h[RG];
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) i[k] = vm::sigmoid<V>(V::load_n(z[k] + u, cnt));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) f[k] = vm::sigmoid<V>(V::load_n(z[k] + ub + u, cnt));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) g[k] = vm::tanh(V::load_n(z[k] + 2 * ub + u, cnt));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) o[k] = vm::sigmoid<V>(V::load_n(z[k] + 3 * ub + u, cnt));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) cn[k] = V::fma(f[k], V::load_n(s.c_prev + b[k] * H + u0 + u, cnt), V::mul(i[k], g[k]));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) h[k] = V::mul(o[k], vm::tanh(cn[k]));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    V::store_n(z[k] + u, i[k], cnt);
+    V::store_n(z[k] + ub + u, f[k], cnt);
+    V::store_n(z[k] + 2 * ub + u, g[k], cnt);
+    V::store_n(z[k] + 3 * ub + u, o[k], cnt);
+    V::store_n(s.c_next + b[k] * H + u0 + u, cn[k], cnt);
+    V::store_n(s.h_next + b[k] * H + u0 + u, h[k], cnt);
+    if (write_y) V::store_n(s.y + b[k] * H + u0 + u, h[k], cnt);
+  }
+}
+
+template <class T, int RG>
+inline void gru_rows(const StepCtx<T>& s, T* const* z, const int64_t* b, int64_t ldc, int64_t j0, int64_t u0,
+                     int64_t ub, int64_t u, int cnt, bool write_y) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  const int64_t H = s.L->H;
+  T* zx[RG];
+  R rr[RG], zz[RG], hnv[RG], nn[RG], h[RG];
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) zx[k] = s.zx + b[k] * ldc + j0;  // same tile position in the input projection
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) rr[k] = vm::sigmoid<V>(V::add(V::load_n(zx[k] + u, cnt), V::load_n(z[k] + u, cnt)));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) zz[k] = vm::sigmoid<V>(V::add(V::load_n(zx[k] + ub + u, cnt), V::load_n(z[k] + ub + u, cnt)));
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    hnv[k] = V::load_n(z[k] + 2 * ub + u, cnt);
+    nn[k] = vm::tanh(V::fma(rr[k], hnv[k], V::load_n(zx[k] + 2 * ub + u, cnt)));
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    R hpv = V::load_n(s.h_prev + b[k] * H + u0 + u, cnt);
+    h[k] = V::fma(zz[k], V::sub(hpv, nn[k]), nn[k]);  // (1 - z) n + z h = n + z (h - n)
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    V::store_n(zx[k] + u, rr[k], cnt);
+    V::store_n(zx[k] + ub + u, zz[k], cnt);
+    V::store_n(zx[k] + 2 * ub + u, nn[k], cnt);
+    if (s.hn) V::store_n(s.hn + b[k] * H + u0 + u, hnv[k], cnt);
+    V::store_n(s.h_next + b[k] * H + u0 + u, h[k], cnt);
+    if (write_y) V::store_n(s.y + b[k] * H + u0 + u, h[k], cnt);
+  }
+}
+
 template <class T>
 void step_tile(void* vctx, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb, int64_t nb) {
   using V = Vec<T>;
-  using R = typename V::R;
-  constexpr int W = V::W;
+  constexpr int W = V::W, RG = 4;
   const StepCtx<T>& s = *static_cast<const StepCtx<T>*>(vctx);
   const Layout& L = *s.L;
   const int64_t H = L.H, blk = j0 / L.NR, u0 = blk * L.U, ub = L.ub(blk);
-  for (int64_t r = 0; r < mb; ++r) {
-    const int64_t b = i0 + r;
-    T* z = c + r * ldc;
-    const T* hp = s.h_prev + b * H + u0;
-    T* hn = s.h_next + b * H + u0;
-    T* y = s.y + b * H + u0;
-    const bool write_y = s.y != s.h_next;
-    if (s.len && s.step >= s.len[b]) {  // past this sequence's end: state frozen, output 0
-      std::memmove(hn, hp, size_t(ub) * sizeof(T));
-      if (s.cell == Cell::lstm) std::memmove(s.c_next + b * H + u0, s.c_prev + b * H + u0, size_t(ub) * sizeof(T));
-      if (write_y) std::memset(y, 0, size_t(ub) * sizeof(T));
-      continue;
-    }
+  const bool write_y = s.y != s.h_next;
+  // Rows still running, in groups of RG; rows past their sequence's end are frozen here.
+  int64_t rows[RG];
+  T* zr[RG];
+  int n = 0;
+  auto flush = [&](int cnt_rows) {
     for (int64_t u = 0; u < ub; u += W) {
       const int cnt = int(std::min<int64_t>(W, ub - u));
-      R h;
       if (s.cell == Cell::lstm) {
-        R i = vm::sigmoid<V>(V::load_n(z + u, cnt));
-        R f = vm::sigmoid<V>(V::load_n(z + ub + u, cnt));
-        R g = vm::tanh(V::load_n(z + 2 * ub + u, cnt));
-        R o = vm::sigmoid<V>(V::load_n(z + 3 * ub + u, cnt));
-        R cp = V::load_n(s.c_prev + b * H + u0 + u, cnt);
-        R cn = V::fma(f, cp, V::mul(i, g));
-        h = V::mul(o, vm::tanh(cn));
-        V::store_n(z + u, i, cnt);
-        V::store_n(z + ub + u, f, cnt);
-        V::store_n(z + 2 * ub + u, g, cnt);
-        V::store_n(z + 3 * ub + u, o, cnt);
-        V::store_n(s.c_next + b * H + u0 + u, cn, cnt);
+        if (cnt_rows == RG) lstm_rows<T, RG>(s, zr, rows, u0, ub, u, cnt, write_y);
+        else for (int k = 0; k < cnt_rows; ++k) lstm_rows<T, 1>(s, zr + k, rows + k, u0, ub, u, cnt, write_y);
       } else if (s.cell == Cell::gru) {
-        T* zx = s.zx + b * ldc + j0;  // same tile position in the input projection
-        R rr = vm::sigmoid<V>(V::add(V::load_n(zx + u, cnt), V::load_n(z + u, cnt)));
-        R zz = vm::sigmoid<V>(V::add(V::load_n(zx + ub + u, cnt), V::load_n(z + ub + u, cnt)));
-        R hnv = V::load_n(z + 2 * ub + u, cnt);
-        R nn = vm::tanh(V::fma(rr, hnv, V::load_n(zx + 2 * ub + u, cnt)));
-        R hpv = V::load_n(hp + u, cnt);
-        h = V::fma(zz, V::sub(hpv, nn), nn);  // (1 - z) n + z h = n + z (h - n)
-        V::store_n(zx + u, rr, cnt);
-        V::store_n(zx + ub + u, zz, cnt);
-        V::store_n(zx + 2 * ub + u, nn, cnt);
-        if (s.hn) V::store_n(s.hn + b * H + u0 + u, hnv, cnt);
+        if (cnt_rows == RG) gru_rows<T, RG>(s, zr, rows, ldc, j0, u0, ub, u, cnt, write_y);
+        else for (int k = 0; k < cnt_rows; ++k) gru_rows<T, 1>(s, zr + k, rows + k, ldc, j0, u0, ub, u, cnt, write_y);
       } else {
-        R zv = V::load_n(z + u, cnt);
-        h = s.cell == Cell::rnn_tanh ? vm::tanh(zv) : V::select(V::gt(zv, V::zero()), zv, V::select(V::isnan(zv), zv, V::zero()));
+        for (int k = 0; k < cnt_rows; ++k) {
+          auto zv = V::load_n(zr[k] + u, cnt);
+          auto h = s.cell == Cell::rnn_tanh ? vm::tanh(zv)
+                                            : V::select(V::gt(zv, V::zero()), zv, V::select(V::isnan(zv), zv, V::zero()));
+          V::store_n(s.h_next + rows[k] * H + u0 + u, h, cnt);
+          if (write_y) V::store_n(s.y + rows[k] * H + u0 + u, h, cnt);
+        }
       }
-      V::store_n(hn + u, h, cnt);
-      if (write_y) V::store_n(y + u, h, cnt);
     }
+  };
+  for (int64_t r = 0; r < mb; ++r) {
+    const int64_t b = i0 + r;
+    if (s.len && s.step >= s.len[b]) {  // past this sequence's end: state frozen, output 0
+      std::memmove(s.h_next + b * H + u0, s.h_prev + b * H + u0, size_t(ub) * sizeof(T));
+      if (s.cell == Cell::lstm) std::memmove(s.c_next + b * H + u0, s.c_prev + b * H + u0, size_t(ub) * sizeof(T));
+      if (write_y) std::memset(s.y + b * H + u0, 0, size_t(ub) * sizeof(T));
+      continue;
+    }
+    rows[n] = b;
+    zr[n] = c + r * ldc;
+    if (++n == RG) { flush(RG); n = 0; }
   }
+  if (n) flush(n);
 }
 
 // Workspace carving: a bump allocator over the caller's buffer (64-byte aligned pieces).

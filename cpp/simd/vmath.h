@@ -60,8 +60,10 @@ inline Vec<double>::R exp(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return std::exp(v); });
 }
 
-// tanh(x): |x| < 0.625: odd polynomial (Cephes tanhf); otherwise 1 - 2/(e^{2|x|}+1) with
-// the sign restored. e^{2|x|} overflowing to inf gives exactly 1.
+// tanh(x): |x| < 0.625: odd polynomial (Cephes tanhf); otherwise 1 - 2e/(1+e), e = e^{-2|x|},
+// with the sign restored. 1 + e lies in (1, 1.3], so a refined reciprocal (V::rcp) replaces
+// the division (a division per vector costs more than the rest of tanh on 512-bit units);
+// e underflowing to 0 gives exactly 1.
 inline Vec<float>::R tanh(Vec<float>::R x) {
   using V = Vec<float>;
   V::R a = V::abs(x);
@@ -72,8 +74,8 @@ inline Vec<float>::R tanh(Vec<float>::R x) {
   p = V::fma(p, z, V::set1(1.33314422036E-1f));
   p = V::fma(p, z, V::set1(-3.33332819422E-1f));
   V::R small = V::fma(V::mul(p, z), x, x);
-  V::R e = exp(V::add(a, a));
-  V::R big = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
+  V::R e = exp(V::mul(a, V::set1(-2.0f)));
+  V::R big = V::fnma(V::add(e, e), V::rcp(V::add(e, V::set1(1.0f))), V::set1(1.0f));
   big = V::copysign(big, x);
   V::R y = V::select(V::lt(a, V::set1(0.625f)), small, big);
   return V::select(V::isnan(x), x, y);
@@ -85,7 +87,8 @@ inline Vec<double>::R tanh(Vec<double>::R x) {
 // m * sigmoid(x + xlo) for a value given as a float plus a small correction xlo, accurate
 // on both tails: with e = e^{-|x|} (never overflows), sigmoid = 1 / (1 + e) for x >= 0 and
 // e / (1 + e) for x < 0, where m e is formed before the final binary scaling so a tiny
-// sigmoid times a large m stays accurate. Far left (x < -200) the result is m * 0.
+// sigmoid times a large m stays accurate. Far left (x < -200) the result is m * 0. 1 + e lies
+// in [1, 2]: a refined reciprocal (V::rcp) replaces the division.
 inline Vec<float>::R mul_sigmoid2(Vec<float>::R m, Vec<float>::R x, Vec<float>::R xlo) {
   using V = Vec<float>;
   const V::M neg = V::lt(x, V::zero());
@@ -95,7 +98,7 @@ inline Vec<float>::R mul_sigmoid2(Vec<float>::R m, Vec<float>::R x, Vec<float>::
   V::R corr = V::add(V::set1(1.0f), nlo);
   V::R e = exp_scale(ep, corr);
   V::R me = exp_scale(ep, V::mul(m, corr));
-  V::R inv = V::div(V::set1(1.0f), V::add(V::set1(1.0f), e));
+  V::R inv = V::rcp(V::add(V::set1(1.0f), e));
   V::R y = V::mul(V::select(neg, me, m), inv);
   y = V::select(V::lt(x, V::set1(-200.0f)), V::mul(m, V::zero()), y);
   return V::select(V::isnan(x), x, y);
