@@ -48,7 +48,12 @@ template <> struct Vec<float> {
   static inline R abs(R a) { return _mm512_abs_ps(a); }
   static inline R sqrt(R a) { return _mm512_sqrt_ps(a); }
   // 1/a for normal, finite a within ~1 ulp: 14-bit estimate + one Newton step (no division).
-  static inline R rcp(R a) { R r = _mm512_rcp14_ps(a); return _mm512_mul_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(2.0f))); }
+  // 1/a for normal, finite a: 14-bit estimate + one Newton step in the r + r (1 - a r) form
+  // (the residual is formed by one FMA, so exact quotients such as 1/2 come out exact).
+  static inline R rcp(R a) {
+    R r = _mm512_rcp14_ps(a);
+    return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(a, r, _mm512_set1_ps(1.0f)), r);
+  }
   static inline R round(R a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline M lt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static inline M le(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
@@ -128,11 +133,13 @@ template <> struct Vec<float> {
   static inline R min(R a, R b) { return _mm256_min_ps(a, b); }
   static inline R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static inline R sqrt(R a) { return _mm256_sqrt_ps(a); }
-  // 1/a for normal, finite a: 12-bit estimate + two Newton steps (no division).
+  // 1/a for normal, finite a: 12-bit estimate + two Newton steps in the r + r (1 - a r) form
+  // (no division; the residual is formed by one FMA, so exact quotients such as 1/2 are exact).
   static inline R rcp(R a) {
+    const R one = _mm256_set1_ps(1.0f);
     R r = _mm256_rcp_ps(a);
-    r = _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
-    return _mm256_mul_ps(r, _mm256_fnmadd_ps(a, r, _mm256_set1_ps(2.0f)));
+    r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(a, r, one), r);
+    return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(a, r, one), r);
   }
   static inline R round(R a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline M lt(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
