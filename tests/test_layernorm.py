@@ -127,6 +127,26 @@ def test_layer_norm_bitwise_across_threads(rng):
     assert_thread_invariant(run)
 
 
+@pytest.mark.parametrize("F_", (1024, 1000))
+def test_layer_norm_large_streams_dx(F_, rng):
+    """Past 8 MiB, backward writes dx with non-temporal stores (whole, aligned vectors; the
+    rest, rows not starting on a vector boundary when F_ = 1000 and the row tails, normally):
+    same values as the twin, same bits for 1 and 2 threads."""
+    x, w, b = _case(rng, (2200, F_), F_, np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    assert x.nbytes >= 8 << 20
+
+    def run():
+        y, ctx = F.layer_norm(x, F_, w, b)
+        return (y,) + tuple(F.layer_norm_backward(ctx, dy))
+
+    got = assert_thread_invariant(run)
+    ry, rctx = R.layer_norm(as64(x), F_, as64(w), as64(b))
+    close(got[0], ry, np.float32, "y")
+    for name, g, e in zip(("dx", "dweight", "dbias"), got[1:], R.layer_norm_backward(rctx, as64(dy))):
+        close(g, e, np.float32, name)
+
+
 def test_layer_norm_bad_input(rng):
     x = rng.standard_normal((4, 6)).astype(np.float32)
     with pytest.raises(ValueError, match="x"):

@@ -37,6 +37,8 @@ template <> struct Vec<float> {
   static inline M tail(int n) { return (M)((1u << n) - 1u); }
   static inline R load_n(const T* p, int n) { return _mm512_maskz_loadu_ps(tail(n), p); }
   static inline void store_n(T* p, R v, int n) { _mm512_mask_storeu_ps(p, tail(n), v); }
+  // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
+  static inline void stream(T* p, R v) { _mm512_stream_ps(p, v); }
   static inline R add(R a, R b) { return _mm512_add_ps(a, b); }
   static inline R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static inline R mul(R a, R b) { return _mm512_mul_ps(a, b); }
@@ -47,7 +49,6 @@ template <> struct Vec<float> {
   static inline R min(R a, R b) { return _mm512_min_ps(a, b); }
   static inline R abs(R a) { return _mm512_abs_ps(a); }
   static inline R sqrt(R a) { return _mm512_sqrt_ps(a); }
-  // 1/a for normal, finite a within ~1 ulp: 14-bit estimate + one Newton step (no division).
   // 1/a for normal, finite a: 14-bit estimate + one Newton step in the r + r (1 - a r) form
   // (the residual is formed by one FMA, so exact quotients such as 1/2 come out exact).
   static inline R rcp(R a) {
@@ -87,6 +88,8 @@ template <> struct Vec<double> {
   static inline M tail(int n) { return (M)((1u << n) - 1u); }
   static inline R load_n(const T* p, int n) { return _mm512_maskz_loadu_pd(tail(n), p); }
   static inline void store_n(T* p, R v, int n) { _mm512_mask_storeu_pd(p, tail(n), v); }
+  // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
+  static inline void stream(T* p, R v) { _mm512_stream_pd(p, v); }
   static inline R add(R a, R b) { return _mm512_add_pd(a, b); }
   static inline R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static inline R mul(R a, R b) { return _mm512_mul_pd(a, b); }
@@ -123,6 +126,8 @@ template <> struct Vec<float> {
   static inline __m256i tail(int n) { return _mm256_loadu_si256((const __m256i*)(detail::tail_mask_table + 8 - n)); }
   static inline R load_n(const T* p, int n) { return _mm256_maskload_ps(p, tail(n)); }
   static inline void store_n(T* p, R v, int n) { _mm256_maskstore_ps(p, tail(n), v); }
+  // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
+  static inline void stream(T* p, R v) { _mm256_stream_ps(p, v); }
   static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
   static inline R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static inline R mul(R a, R b) { return _mm256_mul_ps(a, b); }
@@ -190,6 +195,8 @@ template <> struct Vec<double> {
   }
   static inline R load_n(const T* p, int n) { return _mm256_maskload_pd(p, tail(n)); }
   static inline void store_n(T* p, R v, int n) { _mm256_maskstore_pd(p, tail(n), v); }
+  // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
+  static inline void stream(T* p, R v) { _mm256_stream_pd(p, v); }
   static inline R add(R a, R b) { return _mm256_add_pd(a, b); }
   static inline R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static inline R mul(R a, R b) { return _mm256_mul_pd(a, b); }
@@ -228,6 +235,7 @@ template <class TT> struct ScalarVec {
   static inline void store(T* p, R v) { *p = v; }
   static inline R load_n(const T* p, int n) { return n > 0 ? *p : T(0); }
   static inline void store_n(T* p, R v, int n) { if (n > 0) *p = v; }
+  static inline void stream(T* p, R v) { *p = v; }
   static inline R add(R a, R b) { return a + b; }
   static inline R sub(R a, R b) { return a - b; }
   static inline R mul(R a, R b) { return a * b; }
@@ -263,6 +271,9 @@ template <class TT> struct ScalarVec {
 template <> struct Vec<float> : ScalarVec<float> {};
 template <> struct Vec<double> : ScalarVec<double> {};
 #endif
+
+// Orders the non-temporal stores (V::stream) of this thread before what follows.
+inline void stream_fence() { __builtin_ia32_sfence(); }
 
 // Software prefetch: in a loop over vector indices i (multiples of W), true at the one i per
 // 64-byte line, so that a prefetch issued there covers every line of a stream once.
