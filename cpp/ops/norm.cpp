@@ -31,7 +31,7 @@ inline int pool_threads(int64_t work) {
 constexpr int64_t kAhead = 2;
 // Outputs of at least this many bytes are written with non-temporal stores in backward (dx
 // is far larger than the L2 and comes back from memory anyway; saves the read-for-ownership).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
+static const int64_t kStreamBytes = getenv("NTB") ? atoll(getenv("NTB")) : (int64_t(8) << 20);
 
 template <class T> inline T row_sum(const T* x, int64_t F, const T* pf = nullptr) {
   using V = Vec<T>;
@@ -55,40 +55,47 @@ template <class T>
 void layer_norm_forward(const T* x, const T* w, const T* b, int64_t M, int64_t F, double eps, T* y, T* mean, T* rstd) {
   using V = Vec<T>;
   constexpr int W = V::W;
-#pragma omp parallel for num_threads(pool_threads(M * F)) schedule(static)
-  for (int64_t i = 0; i < M; ++i) {
-    const T* xr = x + i * F;
-    T* yr = y + i * F;
-    const T mu = row_sum(xr, F, i + kAhead < M ? xr + kAhead * F : nullptr) / T(F);
-    const auto vmu = V::set1(mu);
-    auto q0 = V::zero(), q1 = V::zero();
-    int64_t j = 0;
-    for (; j + 2 * W <= F; j += 2 * W) {
-      auto d0 = V::sub(V::load(xr + j), vmu), d1 = V::sub(V::load(xr + j + W), vmu);
-      q0 = V::fma(d0, d0, q0);
-      q1 = V::fma(d1, d1, q1);
-    }
-    if (j < F) {  // tail: lanes past F load as 0 from both x and the mu vector
-      alignas(64) T muv[V::W];
-      for (int l = 0; l < W; ++l) muv[l] = mu;
-      for (; j < F; j += W) {
+  const bool stream = double(M) * double(F) * sizeof(T) >= double(kStreamBytes);
+#pragma omp parallel num_threads(pool_threads(M * F))
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t i = 0; i < M; ++i) {
+      const T* xr = x + i * F;
+      T* yr = y + i * F;
+      const T mu = row_sum(xr, F, i + kAhead < M ? xr + kAhead * F : nullptr) / T(F);
+      const auto vmu = V::set1(mu);
+      auto q0 = V::zero(), q1 = V::zero();
+      int64_t j = 0;
+      for (; j + 2 * W <= F; j += 2 * W) {
+        auto d0 = V::sub(V::load(xr + j), vmu), d1 = V::sub(V::load(xr + j + W), vmu);
+        q0 = V::fma(d0, d0, q0);
+        q1 = V::fma(d1, d1, q1);
+      }
+      if (j < F) {  // tail: lanes past F load as 0 from both x and the mu vector
+        alignas(64) T muv[V::W];
+        for (int l = 0; l < W; ++l) muv[l] = mu;
+        for (; j < F; j += W) {
+          const int cnt = int(std::min<int64_t>(W, F - j));
+          auto d = V::sub(V::load_n(xr + j, cnt), V::load_n(muv, cnt));
+          q0 = V::fma(d, d, q0);
+        }
+      }
+      const T var = V::reduce_add(V::add(q0, q1)) / T(F);
+      const T rs = T(1) / std::sqrt(var + T(eps));
+      mean[i] = mu;
+      rstd[i] = rs;
+      const auto vrs = V::set1(rs);
+      const bool nt_row = stream && (reinterpret_cast<uintptr_t>(yr) % sizeof(typename V::R)) == 0;
+      for (j = 0; j < F; j += W) {
         const int cnt = int(std::min<int64_t>(W, F - j));
-        auto d = V::sub(V::load_n(xr + j, cnt), V::load_n(muv, cnt));
-        q0 = V::fma(d, d, q0);
+        auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
+        if (w) xh = V::mul(xh, V::load_n(w + j, cnt));
+        if (b) xh = V::add(xh, V::load_n(b + j, cnt));
+        if (nt_row && cnt == W) V::stream(yr + j, xh);
+        else V::store_n(yr + j, xh, cnt);
       }
     }
-    const T var = V::reduce_add(V::add(q0, q1)) / T(F);
-    const T rs = T(1) / std::sqrt(var + T(eps));
-    mean[i] = mu;
-    rstd[i] = rs;
-    const auto vrs = V::set1(rs);
-    for (j = 0; j < F; j += W) {
-      const int cnt = int(std::min<int64_t>(W, F - j));
-      auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
-      if (w) xh = V::mul(xh, V::load_n(w + j, cnt));
-      if (b) xh = V::add(xh, V::load_n(b + j, cnt));
-      V::store_n(yr + j, xh, cnt);
-    }
+    if (stream) stream_fence();
   }
 }
 
