@@ -263,7 +263,13 @@ inline int64_t pack_rows6(const double* s, int64_t lds, int64_t cols, double* d,
 // never reads them.
 template <class T>
 void pack_a_panel(bool ta, int64_t mb, int64_t kc, const T* a, int64_t lda, T* dst, int64_t ld) {
-  if (ta) {  // op(A)[i, k] = a[k * lda + i]: already k-major
+  if (ta) {  // op(A)[i, k] = a[k * lda + i]: already k-major, a run of mb values per k
+    using V = Vec<T>;
+    if (mb <= V::W) {
+      const int n = int(mb);
+      for (int64_t k = 0; k < kc; ++k) V::store_n(dst + k * ld, V::load_n(a + k * lda, n), n);
+      return;
+    }
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t i = 0; i < mb; ++i) dst[k * ld + i] = a[k * lda + i];
     return;
