@@ -375,7 +375,7 @@ void forward_tile(const AttnShape& s, const AttnForwardArgs<T>& a, const FwdHead
         std::memset(sr, 0, size_t(nb) * sizeof(T));
         continue;
       }
-      const T alpha = mrun[r] == ninf ? T(0) : T(std::exp2(mrun[r] - mnew));
+      const T alpha = mrun[r] == ninf ? T(0) : mrun[r] == mnew ? T(1) : T(std::exp2(mrun[r] - mnew));
       const auto vmn = V::set1(-mnew);
       auto sum0 = V::zero(), sum1 = V::zero();
       int64_t j = 0;
