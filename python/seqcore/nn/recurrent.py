@@ -396,8 +396,9 @@ class RNNCellBase(Module):
     def step(self, input, hx=None):
         """One step for inference (streaming), nothing kept for backward.
 
-        Uses its own product path (two GEMVs on packed weights), so results may differ from
-        a training-mode ``forward`` in the last bit. The weights are blocked and packed once and
+        Uses its own product path (both products per block of gate columns, on packed weights;
+        for B <= 4 a GEMV-shaped kernel), so results may differ from a training-mode ``forward``
+        in the last bit, never with the thread count. The weights are blocked and packed once and
         reused while the parameters are
         unchanged (seqcore's optimizers, ``load_state_dict`` and assigning ``.data`` bump
         ``Parameter.version``; after editing ``.data`` in place call ``refresh()``).
