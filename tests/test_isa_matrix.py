@@ -1,5 +1,5 @@
-"""The dense, activation, attention and BatchNorm suites again under every other ISA this
-CPU has.
+"""The dense, activation, recurrent, attention, BatchNorm and LayerNorm suites again under
+every other ISA this CPU has.
 
 The ISA is fixed at import (SEQCORE_ISA), so each one runs in a child pytest.
 SEQCORE_TEST_NO_RECURSE=1 marks the child so that it does not start children itself.
@@ -13,8 +13,8 @@ import pytest
 import seqcore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITE = ["tests/test_dense.py", "tests/test_activations.py", "tests/test_attention.py", "tests/test_batchnorm.py",
-         "tests/test_layernorm.py"]
+SUITE = ["tests/test_dense.py", "tests/test_activations.py", "tests/test_recurrent.py", "tests/test_attention.py",
+         "tests/test_batchnorm.py", "tests/test_layernorm.py"]
 ISAS = ["scalar", "avx2", "avx512"]
 
 
