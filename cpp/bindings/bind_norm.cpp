@@ -22,6 +22,19 @@ Shape norm_shape(const py::object& ns) {
 }
 
 // (M, F) view of x for normalized_shape; raises naming 'x' when the trailing dims differ.
+// The gradients a norm backward returns: dx shaped like x, dweight and dbias shaped like the
+// parameters, each allocated only when asked for (None otherwise).
+template <class T> struct NormGrads {
+  py::object dx = py::none(), dw = py::none(), db = py::none();
+  T *pdx = nullptr, *pdw = nullptr, *pdb = nullptr;
+  NormGrads(const Shape& xs, const Shape& ps, bool need_input, bool need_weight, bool need_bias) {
+    if (need_input) { py::array_t<T> a = make_out<T>(xs, py::none()); pdx = a.mutable_data(); dx = a; }
+    if (need_weight) { py::array_t<T> a = make_out<T>(ps, py::none()); pdw = a.mutable_data(); dw = a; }
+    if (need_bias) { py::array_t<T> a = make_out<T>(ps, py::none()); pdb = a.mutable_data(); db = a; }
+  }
+  py::tuple tuple() const { return py::make_tuple(dx, dw, db); }
+};
+
 void rows_cols(const py::array& x, const Shape& ns, int64_t* M, int64_t* F) {
   const int64_t nd = x.ndim(), k = int64_t(ns.size());
   bool ok = nd >= k;
@@ -80,11 +93,8 @@ py::tuple layer_norm_backward(const py::object& dy_o, const py::object& x_o, con
   return dispatch_float(ft, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const auto& K_ = K<T>();
-    py::object dx = py::none(), dw = py::none(), db = py::none();
-    T *pdx = nullptr, *pdw = nullptr, *pdb = nullptr;
-    if (need_input) { py::array_t<T> a = make_out<T>(shape_of(x), py::none()); pdx = a.mutable_data(); dx = a; }
-    if (need_weight) { py::array_t<T> a = make_out<T>(ns, py::none()); pdw = a.mutable_data(); dw = a; }
-    if (need_bias) { py::array_t<T> a = make_out<T>(ns, py::none()); pdb = a.mutable_data(); db = a; }
+    NormGrads<T> g(shape_of(x), ns, need_input, need_weight, need_bias);
+    T *pdx = g.pdx, *pdw = g.pdw, *pdb = g.pdb;
     const int64_t wsize = K_.layer_norm_backward_work(M, F) + 64;
     check_alloc({wsize}, sizeof(T));
     T* work = static_cast<T*>(thread_workspace(size_t(wsize) * sizeof(T)));
@@ -101,7 +111,7 @@ py::tuple layer_norm_backward(const py::object& dy_o, const py::object& x_o, con
         K_.layer_norm_backward(pdy, px, pm, pr, pw, M, F, pdx, pdw, pdb, work);
       }
     }
-    return py::make_tuple(dx, dw, db);
+    return g.tuple();
   });
 }
 
@@ -192,11 +202,8 @@ py::tuple batch_norm_backward(const py::object& dy_o, const py::object& x_o, con
   return dispatch_float(ft, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     const auto& K_ = K<T>();
-    py::object dx = py::none(), dw = py::none(), db = py::none();
-    T *pdx = nullptr, *pdw = nullptr, *pdb = nullptr;
-    if (need_input) { py::array_t<T> a = make_out<T>(shape_of(x), py::none()); pdx = a.mutable_data(); dx = a; }
-    if (need_weight) { py::array_t<T> a = make_out<T>(cs, py::none()); pdw = a.mutable_data(); dw = a; }
-    if (need_bias) { py::array_t<T> a = make_out<T>(cs, py::none()); pdb = a.mutable_data(); db = a; }
+    NormGrads<T> g(shape_of(x), cs, need_input, need_weight, need_bias);
+    T *pdx = g.pdx, *pdw = g.pdw, *pdb = g.pdb;
     const int64_t wsize = K_.batch_norm_work(N, C, L) + 8;
     check_alloc({wsize}, sizeof(double));
     double* work = static_cast<double*>(thread_workspace(size_t(wsize) * sizeof(double)));
@@ -209,7 +216,7 @@ py::tuple batch_norm_backward(const py::object& dy_o, const py::object& x_o, con
       py::gil_scoped_release rel;
       K_.batch_norm_backward(pdy, px, pm, pr, pw, N, C, L, training, pdx, pdw, pdb, work);
     }
-    return py::make_tuple(dx, dw, db);
+    return g.tuple();
   });
 }
 
