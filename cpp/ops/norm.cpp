@@ -29,12 +29,10 @@ inline int pool_threads(int64_t work) {
 // page, and a 1024-float row is one page) leave the memory idle between bursts: on one
 // thread LayerNorm ran at ~55% of copy bandwidth without this.
 constexpr int64_t kAhead = 2;
-// Outputs of at least this many bytes (y in forward, dx in backward) are written with
-// non-temporal stores: they are far larger than the L2 and come back from memory anyway, and
-// a normal store first reads each line (read-for-ownership). Measured on one thread at
-// (8192, 1024) float32, forward + backward: 12 ms with normal stores, 8.2 ms streaming (NumPy's
-// x*2 -> y plus x+dy -> dx, the same five passes over the same arrays: 11.8 ms).
-constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// Outputs of at least kStreamBytes (vec.h; y in forward, dx in backward) are written with
+// non-temporal stores. Measured on one thread at (8192, 1024) float32, forward + backward:
+// 12 ms with normal stores, 8.2 ms streaming (NumPy's x*2 -> y plus x+dy -> dx, the same five
+// passes over the same arrays: 11.8 ms).
 
 // Sum of a row; pf (or null): the row whose lines to prefetch meanwhile, a line per vector.
 template <class T> inline T row_sum(const T* x, int64_t F, const T* pf = nullptr) {

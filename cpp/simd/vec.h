@@ -45,6 +45,7 @@ template <> struct Vec<float> {
   static inline R div(R a, R b) { return _mm512_div_ps(a, b); }
   static inline R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }    // a*b+c
   static inline R fnma(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }  // c-a*b
+  static inline R fms(R a, R b, R c) { return _mm512_fmsub_ps(a, b, c); }    // a*b-c
   static inline R max(R a, R b) { return _mm512_max_ps(a, b); }
   static inline R min(R a, R b) { return _mm512_min_ps(a, b); }
   static inline R abs(R a) { return _mm512_abs_ps(a); }
@@ -60,6 +61,7 @@ template <> struct Vec<float> {
   static inline M le(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static inline M isnan(R a) { return _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q); }
+  static inline M nge(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_NGE_UQ); }  // !(a >= b): also NaN
   static inline R select(M m, R a, R b) { return _mm512_mask_blend_ps(m, b, a); }  // m ? a : b
   static inline R copysign(R mag, R sgn) {
     const __m512i s = _mm512_set1_epi32(0x80000000);
@@ -96,6 +98,7 @@ template <> struct Vec<double> {
   static inline R div(R a, R b) { return _mm512_div_pd(a, b); }
   static inline R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static inline R fnma(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
+  static inline R fms(R a, R b, R c) { return _mm512_fmsub_pd(a, b, c); }
   static inline R max(R a, R b) { return _mm512_max_pd(a, b); }
   static inline R min(R a, R b) { return _mm512_min_pd(a, b); }
   static inline R abs(R a) { return _mm512_abs_pd(a); }
@@ -105,6 +108,7 @@ template <> struct Vec<double> {
   static inline M le(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
   static inline M isnan(R a) { return _mm512_cmp_pd_mask(a, a, _CMP_UNORD_Q); }
+  static inline M nge(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_NGE_UQ); }
   static inline R select(M m, R a, R b) { return _mm512_mask_blend_pd(m, b, a); }
   static inline T reduce_add(R a) { return _mm512_reduce_add_pd(a); }
   static inline T reduce_max(R a) { return _mm512_reduce_max_pd(a); }
@@ -134,6 +138,7 @@ template <> struct Vec<float> {
   static inline R div(R a, R b) { return _mm256_div_ps(a, b); }
   static inline R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static inline R fnma(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
+  static inline R fms(R a, R b, R c) { return _mm256_fmsub_ps(a, b, c); }
   static inline R max(R a, R b) { return _mm256_max_ps(a, b); }
   static inline R min(R a, R b) { return _mm256_min_ps(a, b); }
   static inline R abs(R a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
@@ -151,6 +156,7 @@ template <> struct Vec<float> {
   static inline M le(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static inline M isnan(R a) { return _mm256_cmp_ps(a, a, _CMP_UNORD_Q); }
+  static inline M nge(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_NGE_UQ); }
   static inline R select(M m, R a, R b) { return _mm256_blendv_ps(b, a, m); }
   static inline R copysign(R mag, R sgn) {
     const R s = _mm256_set1_ps(-0.0f);
@@ -203,6 +209,7 @@ template <> struct Vec<double> {
   static inline R div(R a, R b) { return _mm256_div_pd(a, b); }
   static inline R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static inline R fnma(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
+  static inline R fms(R a, R b, R c) { return _mm256_fmsub_pd(a, b, c); }
   static inline R max(R a, R b) { return _mm256_max_pd(a, b); }
   static inline R min(R a, R b) { return _mm256_min_pd(a, b); }
   static inline R abs(R a) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), a); }
@@ -212,6 +219,7 @@ template <> struct Vec<double> {
   static inline M le(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_LE_OQ); }
   static inline M gt(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_GT_OQ); }
   static inline M isnan(R a) { return _mm256_cmp_pd(a, a, _CMP_UNORD_Q); }
+  static inline M nge(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_NGE_UQ); }
   static inline R select(M m, R a, R b) { return _mm256_blendv_pd(b, a, m); }
   static inline T reduce_add(R a) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
@@ -242,6 +250,7 @@ template <class TT> struct ScalarVec {
   static inline R div(R a, R b) { return a / b; }
   static inline R fma(R a, R b, R c) { return std::fma(a, b, c); }
   static inline R fnma(R a, R b, R c) { return std::fma(-a, b, c); }
+  static inline R fms(R a, R b, R c) { return std::fma(a, b, -c); }
   // Same NaN behaviour as the x86 max/min instructions: the second operand when unordered.
   static inline R max(R a, R b) { return a > b ? a : b; }
   static inline R min(R a, R b) { return a < b ? a : b; }
@@ -253,6 +262,7 @@ template <class TT> struct ScalarVec {
   static inline M le(R a, R b) { return a <= b; }
   static inline M gt(R a, R b) { return a > b; }
   static inline M isnan(R a) { return a != a; }
+  static inline M nge(R a, R b) { return !(a >= b); }
   static inline R select(M m, R a, R b) { return m ? a : b; }
   static inline R copysign(R mag, R sgn) { return std::copysign(mag, sgn); }
   static inline T reduce_add(R a) { return a; }
@@ -274,6 +284,17 @@ template <> struct Vec<double> : ScalarVec<double> {};
 
 // Orders the non-temporal stores (V::stream) of this thread before what follows.
 inline void stream_fence() { __builtin_ia32_sfence(); }
+
+// Outputs of at least this many bytes are written with non-temporal stores (V::stream): they
+// are far larger than the L2 and come back from memory anyway, and a normal store first
+// reads each line (read-for-ownership), a third more memory traffic for a map y = f(x).
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+// Elements of T before p reaches a sizeof(R) boundary (0 if aligned, and at most limit).
+template <class T, class R> inline int64_t until_aligned(const T* p, int64_t limit) {
+  int64_t k = int64_t((sizeof(R) - reinterpret_cast<uintptr_t>(p) % sizeof(R)) % sizeof(R) / sizeof(T));
+  return k < limit ? k : limit;
+}
 
 // Software prefetch: in a loop over vector indices i (multiples of W), true at the one i per
 // 64-byte line, so that a prefetch issued there covers every line of a stream once.

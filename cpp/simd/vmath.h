@@ -27,20 +27,28 @@ inline typename V::R per_lane(typename V::R x, F f) {
 struct ExpParts {
   Vec<float>::R p, n;
 };
+// For |x| <= 160 (no clamping): n = round(x / ln2) by adding and removing 1.5 * 2^23,
+// which also folds the multiply into one FMA.
+inline ExpParts exp_parts_near(Vec<float>::R x) {
+  using V = Vec<float>;
+  const V::R shift = V::set1(12582912.0f);
+  V::R n = V::sub(V::fma(x, V::set1(1.44269504088896341f), shift), shift);
+  V::R r = V::fnma(n, V::set1(0.693359375f), x);
+  r = V::fnma(n, V::set1(-2.12194440e-4f), r);
+  // Estrin's scheme: the callers are throughput-bound only if several of these chains
+  // overlap, so depth (4 instead of Horner's 7 dependent operations) matters more than
+  // the one extra multiply.
+  V::R r2 = V::mul(r, r);
+  V::R q01 = V::fma(V::set1(1.6666665459E-1f), r, V::set1(5.0000001201E-1f));
+  V::R q23 = V::fma(V::set1(8.3334519073E-3f), r, V::set1(4.1665795894E-2f));
+  V::R q45 = V::fma(V::set1(1.9875691500E-4f), r, V::set1(1.3981999507E-3f));
+  V::R p = V::fma(q45, V::mul(r2, r2), V::fma(q23, r2, q01));
+  p = V::fma(p, r2, V::add(r, V::set1(1.0f)));
+  return {p, n};
+}
 inline ExpParts exp_parts(Vec<float>::R x) {
   using V = Vec<float>;
-  V::R xc = V::min(V::max(x, V::set1(-160.0f)), V::set1(100.0f));
-  V::R n = V::round(V::mul(xc, V::set1(1.44269504088896341f)));
-  V::R r = V::fnma(n, V::set1(0.693359375f), xc);
-  r = V::fnma(n, V::set1(-2.12194440e-4f), r);
-  V::R p = V::set1(1.9875691500E-4f);
-  p = V::fma(p, r, V::set1(1.3981999507E-3f));
-  p = V::fma(p, r, V::set1(8.3334519073E-3f));
-  p = V::fma(p, r, V::set1(4.1665795894E-2f));
-  p = V::fma(p, r, V::set1(1.6666665459E-1f));
-  p = V::fma(p, r, V::set1(5.0000001201E-1f));
-  p = V::fma(p, V::mul(r, r), V::add(r, V::set1(1.0f)));
-  return {p, n};
+  return exp_parts_near(V::min(V::max(x, V::set1(-160.0f)), V::set1(100.0f)));
 }
 // m * p * 2^n for the parts of e^x.
 inline Vec<float>::R exp_scale(const ExpParts& e, Vec<float>::R m) {
@@ -120,29 +128,30 @@ inline typename V::R sigmoid(typename V::R x) {
 
 // erfc(z) = coef * e^s for z >= 0, relative error ~1e-7: erfc(z) = t exp(-z^2 + P(t)),
 // t = 1/(1+z/2) (Numerical Recipes' Chebyshev fit, relative error < 1.2e-7 everywhere). z^2
-// arrives as an exact sum hi + lo, and what rounding -hi + P loses is folded into coef, so
-// the exponent keeps full relative accuracy for large z.
+// arrives as an exact sum h (hi + lo), and what rounding -z^2 + P loses is folded into coef,
+// so the exponent keeps full relative accuracy for large z. d = 1 + z/2.
 struct ErfcParts {
   Vec<float>::R coef, s;
 };
-inline ErfcParts erfc_parts(Vec<float>::R z, Vec<float>::R hi, Vec<float>::R lo) {
+inline ErfcParts erfc_parts(Vec<float>::R d, Vec<float>::R hi, Vec<float>::R lo, Vec<float>::R h) {
   using V = Vec<float>;
-  V::R t = V::rcp(V::fma(z, V::set1(0.5f), V::set1(1.0f)));  // 1 + z/2 in [1, 7]: no division needed
-  V::R p = V::set1(0.17087277f);
-  p = V::fma(p, t, V::set1(-0.82215223f));
-  p = V::fma(p, t, V::set1(1.48851587f));
-  p = V::fma(p, t, V::set1(-1.13520398f));
-  p = V::fma(p, t, V::set1(0.27886807f));
-  p = V::fma(p, t, V::set1(-0.18628806f));
-  p = V::fma(p, t, V::set1(0.09678418f));
-  p = V::fma(p, t, V::set1(0.37409196f));
-  p = V::fma(p, t, V::set1(1.00002368f));
-  p = V::fma(p, t, V::set1(-1.26551223f));
-  V::R nhi = V::sub(V::zero(), hi);
-  V::R s = V::add(p, nhi);  // TwoSum: err = what the rounding of p - hi lost, minus lo
-  V::R bb = V::sub(s, p);
-  V::R err = V::add(V::sub(p, V::sub(s, bb)), V::sub(nhi, bb));
-  err = V::sub(err, lo);
+  V::R t = V::rcp(d);  // d in [1, 7]: no division needed
+  // P(t) = sum c_i t^i, i = 0..9, by Estrin's scheme (dependency depth 5, not 10).
+  V::R t2 = V::mul(t, t);
+  V::R t4 = V::mul(t2, t2);
+  V::R q01 = V::fma(V::set1(1.00002368f), t, V::set1(-1.26551223f));
+  V::R q23 = V::fma(V::set1(0.09678418f), t, V::set1(0.37409196f));
+  V::R q45 = V::fma(V::set1(0.27886807f), t, V::set1(-0.18628806f));
+  V::R q67 = V::fma(V::set1(1.48851587f), t, V::set1(-1.13520398f));
+  V::R q89 = V::fma(V::set1(0.17087277f), t, V::set1(-0.82215223f));
+  V::R q03 = V::fma(q23, t2, q01);
+  V::R q47 = V::fma(q67, t2, q45);
+  V::R p = V::fma(q89, V::mul(t4, t4), V::fma(q47, t4, q03));
+  // z^2 = h (hi + lo) with h a power of two. s = p - h hi, and err = what its rounding lost,
+  // minus h lo. Fast2Sum is exact where h hi >= |p| (large z, where the exponent's absolute
+  // error matters); elsewhere |s| < 4 and its error is a few 1e-8, far below the polynomial's.
+  V::R s = V::fnma(hi, h, p);
+  V::R err = V::fnma(lo, h, V::sub(p, V::fma(hi, h, s)));
   return {V::fma(t, err, t), s};
 }
 // z*z = hi + lo exactly (z clamped to 12: erfc(12) ~ 1e-64 is 0 in float; keeps z*z finite).
@@ -150,7 +159,7 @@ inline ErfcParts erfc_parts(Vec<float>::R z) {
   using V = Vec<float>;
   z = V::min(z, V::set1(12.0f));
   V::R hi = V::mul(z, z);
-  return erfc_parts(z, hi, V::fma(z, z, V::sub(V::zero(), hi)));
+  return erfc_parts(V::fma(z, V::set1(0.5f), V::set1(1.0f)), hi, V::fms(z, z, hi), V::set1(1.0f));
 }
 inline Vec<float>::R erfc_pos(Vec<float>::R z) {
   ErfcParts e = erfc_parts(z);
@@ -187,9 +196,8 @@ inline ErfcParts erfc_parts_normal(Vec<float>::R x) {
   using V = Vec<float>;
   V::R a = V::min(V::abs(x), V::set1(17.0f));
   V::R hi = V::mul(a, a);
-  V::R lo = V::fma(a, a, V::sub(V::zero(), hi));
-  const V::R h = V::set1(0.5f);
-  return erfc_parts(V::mul(a, V::set1(0.70710678118654752f)), V::mul(hi, h), V::mul(lo, h));
+  V::R d = V::fma(a, V::set1(0.35355339059327376f), V::set1(1.0f));  // 1 + (a / sqrt 2) / 2
+  return erfc_parts(d, hi, V::fms(a, a, hi), V::set1(0.5f));
 }
 
 // Phi(x) = P(N(0,1) <= x) = erfc(-x/sqrt 2) / 2, accurate in relative terms on both tails.
@@ -204,17 +212,20 @@ inline Vec<double>::R normal_cdf(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return 0.5 * std::erfc(-v * 0.70710678118654752440); });
 }
 
-// gelu(x) = x Phi(x), one exp: for x < 0 the factor x/2 joins before the final scaling.
+// gelu(x) = x Phi(x), one exp. With q = Phi(-|x|) = erfc(|x|/sqrt 2) / 2: x q for x < 0,
+// where the factor x joins before the final binary scaling (x q stays accurate where q alone
+// would be subnormal), and x (1 - q) for x >= 0.
 inline Vec<float>::R gelu(Vec<float>::R x) {
   using V = Vec<float>;
   ErfcParts e = erfc_parts_normal(x);
-  ExpParts ep = exp_parts(e.s);
+  ExpParts ep = exp_parts_near(e.s);  // s lies in [-146, 0]
+  const V::M neg = V::lt(x, V::zero());
   V::R hc = V::mul(V::set1(0.5f), e.coef);
-  V::R neg = exp_scale(ep, V::mul(hc, x));
-  V::R pos = V::mul(x, V::sub(V::set1(1.0f), exp_scale(ep, hc)));
-  V::R y = V::select(V::lt(x, V::zero()), neg, pos);
-  y = V::select(V::lt(x, V::set1(-20.0f)), V::mul(x, V::zero()), y);  // |x Phi(x)| < 1e-87
-  return V::select(V::isnan(x), x, y);
+  V::R q = exp_scale(ep, V::select(neg, V::mul(hc, x), hc));
+  V::R y = V::select(neg, q, V::mul(x, V::sub(V::set1(1.0f), q)));  // x (1 - q): inf at +inf
+  // x < -20 (|x Phi(x)| < 1e-87, where the clamped erfc no longer follows x), NaN and -inf
+  // give x * 0: -0, NaN, NaN (PyTorch's -inf * Phi(-inf)).
+  return V::select(V::nge(x, V::set1(-20.0f)), V::mul(x, V::zero()), y);
 }
 inline Vec<double>::R gelu(Vec<double>::R x) { return Vec<double>::mul(x, normal_cdf(x)); }
 
