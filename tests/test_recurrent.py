@@ -1228,3 +1228,178 @@ def test_dh_norms_do_not_underflow_in_float32():
     keep = ref > 1e-35
     assert keep[:5].all() and ref[0] < 1e-15, ref[:3]
     np.testing.assert_allclose(norms[np.float32][keep], ref[keep], rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- LSTM projection
+# PyTorch's proj_size: h_t = W_hr (o * tanh(c_t)), P < H values of h (and of the output).
+PROJ_CASES = [  # (I, B, T, H, P, bias, lengths, reverse)
+    (5, 3, 6, 13, 4, True, None, False),
+    (5, 3, 6, 17, 16, False, [6, 1, 3], False),
+    (1, 3, 6, 65, 7, True, [2, 6, 1], True),
+    (3, 1, 1, 2, 1, True, None, True),
+]
+
+
+def proj_weights(rng, I, H, P, bias, dtype):
+    w = make_weights(rng, "lstm", I, H, bias, dtype)
+    s = 1.0 / math.sqrt(H)
+    w["w_hh"] = rng.uniform(-s, s, (4 * H, P)).astype(dtype)
+    w["w_hr"] = rng.uniform(-s, s, (P, H)).astype(dtype)
+    return w
+
+
+def lstm_proj(mod, x, h0, c0, w, lengths=None, reverse=False, **kw):
+    y, h, c, ctx = mod.lstm(x, h0, c0, w["w_ih"], w["w_hh"], w["b_ih"], w["b_hh"], lengths=lengths,
+                            reverse=reverse, w_hr=w["w_hr"], **kw)
+    return (y, h, c), ctx
+
+
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+@pytest.mark.parametrize("case", PROJ_CASES, ids=[f"H{c[3]}P{c[4]}" for c in PROJ_CASES])
+def test_lstm_projection_matches_twin(case, dtype):
+    I, B, T, H, P, bias, lengths, reverse = case
+    rng = np.random.default_rng(70 + H + P)
+    w = proj_weights(rng, I, H, P, bias, dtype)
+    x = (0.5 * rng.standard_normal((T, B, I))).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((B, P))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    lens = None if lengths is None else np.array(lengths)
+    outs, ctx = lstm_proj(F, x, h0, c0, w, lens, reverse)
+    eouts, ectx = lstm_proj(R, as64(x), as64(h0), as64(c0), {k: as64(v) for k, v in w.items()}, lens, reverse)
+    for j, (a, e) in enumerate(zip(outs, eouts)):
+        check_output(a, dtype, e.shape, f"output {j}")
+        close(a, e, dtype, f"output {j}")
+    assert outs[0].shape == (T, B, P) and outs[1].shape == (B, P) and outs[2].shape == (B, H)
+    assert not np.any(outs[0][padded(lens, T, B)])
+    douts = (rng.standard_normal((T, B, P)).astype(dtype), rng.standard_normal((B, P)).astype(dtype),
+             rng.standard_normal((B, H)).astype(dtype))
+    g = F.lstm_backward(ctx, *douts)
+    eg = R.lstm_backward(ectx, *[as64(d) for d in douts])
+    assert set(g) == set(eg) and "w_hr" in g
+    for k, e in eg.items():
+        if e is None:
+            assert g[k] is None
+            continue
+        check_output(g[k], dtype, e.shape, f"gradient {k}")
+        close(g[k], e, dtype, f"gradient {k}")
+
+
+@pytest.mark.parametrize("lengths, reverse", [(None, False), ([4, 2], True)], ids=["fwd", "len_rev"])
+def test_lstm_projection_finite_differences(lengths, reverse):
+    rng = np.random.default_rng(71)
+    T, B, I, H, P = 4, 2, 3, 5, 3
+    w = proj_weights(rng, I, H, P, True, np.float64)
+    vals = dict(w, x=rng.standard_normal((T, B, I)), h0=0.5 * rng.standard_normal((B, P)),
+                c0=0.5 * rng.standard_normal((B, H)))
+    lens = None if lengths is None else np.array(lengths)
+    douts = (rng.standard_normal((T, B, P)), rng.standard_normal((B, P)), rng.standard_normal((B, H)))
+    _, ctx = lstm_proj(F, vals["x"], vals["h0"], vals["c0"], w, lens, reverse)
+    g = F.lstm_backward(ctx, *douts)
+    dflat = np.concatenate([d.ravel() for d in douts])
+    for name in ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]:
+        def f(v, name=name):
+            a = dict(vals, **{name: v})
+            outs, _ = lstm_proj(F, a["x"], a["h0"], a["c0"], a, lens, reverse, training=False)
+            return np.concatenate([o.ravel() for o in outs])
+        assert_fd(g[name], f, vals[name], dflat, what=f"projection lengths={lengths}: d{name}")
+
+
+@pytest.mark.parametrize("L, bidir, batch_first, bias, lengths", [
+    (1, False, False, True, None), (2, True, False, True, None), (2, True, True, False, [5, 3, 1]),
+    (3, False, False, True, [2, 5, 4])])
+@pytest.mark.parametrize("dtype", FLOATS, ids=["f32", "f64"])
+def test_lstm_projection_module_matches_torch(torch, L, bidir, batch_first, bias, lengths, dtype):
+    T, B, I, H, P = 5, 3, 7, 11, 4
+    torch.manual_seed(5)
+    tm = torch.nn.LSTM(I, H, num_layers=L, bias=bias, batch_first=batch_first, bidirectional=bidir,
+                       proj_size=P).double()
+    m = nn.LSTM(I, H, num_layers=L, bias=bias, batch_first=batch_first, bidirectional=bidir, proj_size=P,
+                dtype=dtype)
+    sd = {k: v.detach().numpy().astype(dtype) for k, v in tm.state_dict().items()}
+    assert list(m.state_dict()) == list(sd)
+    m.load_state_dict(sd)
+    tm.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in sd.items()})
+    rng = np.random.default_rng(72)
+    D = 2 if bidir else 1
+    x = rng.standard_normal((B, T, I) if batch_first else (T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((L * D, B, P)).astype(dtype)
+    c0 = rng.standard_normal((L * D, B, H)).astype(dtype)
+    y, (hn, cn) = m.forward(x, (h0, c0), lengths=None if lengths is None else np.array(lengths))
+    tx, th0, tc0 = (torch.tensor(a.astype(np.float64), requires_grad=True) for a in (x, h0, c0))
+    if lengths is None:
+        ty, (thn, tcn) = tm(tx, (th0, tc0))
+    else:
+        pk = torch.nn.utils.rnn.pack_padded_sequence(tx, torch.tensor(lengths), batch_first=batch_first,
+                                                     enforce_sorted=False)
+        ty, (thn, tcn) = tm(pk, (th0, tc0))
+        ty, _ = torch.nn.utils.rnn.pad_packed_sequence(ty, batch_first=batch_first, total_length=T)
+    dy, dhn, dcn = (rng.standard_normal(a.shape).astype(dtype) for a in (y, hn, cn))
+    ((ty * torch.from_numpy(dy.astype(np.float64))).sum() + (thn * torch.from_numpy(dhn.astype(np.float64))).sum()
+     + (tcn * torch.from_numpy(dcn.astype(np.float64))).sum()).backward()
+    dx, (dh0, dc0) = m.backward(dy, (dhn, dcn))
+    for what, a, e in [("output", y, ty), ("h_n", hn, thn), ("c_n", cn, tcn), ("dx", dx, tx.grad),
+                       ("dh0", dh0, th0.grad), ("dc0", dc0, tc0.grad)]:
+        close(a, e.detach().numpy(), dtype, what)
+    for name, p in tm.named_parameters():
+        close(getattr(m, name).grad, p.grad.numpy(), dtype, f"grad of {name}")
+
+
+def test_lstm_projection_thread_count_bitwise():
+    rng = np.random.default_rng(73)
+    T, B, I, H, P = 5, 16, 64, 96, 40
+    w = proj_weights(rng, I, H, P, True, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((B, P)).astype(np.float32)
+    c0 = rng.standard_normal((B, H)).astype(np.float32)
+    lens = rng.integers(1, T + 1, B)
+    douts = (rng.standard_normal((T, B, P)).astype(np.float32), rng.standard_normal((B, P)).astype(np.float32),
+             rng.standard_normal((B, H)).astype(np.float32))
+
+    def run(lengths, reverse):
+        def fn():
+            outs, ctx = lstm_proj(F, x, h0, c0, w, lengths, reverse)
+            g = F.lstm_backward(ctx, *douts)
+            return tuple(outs) + tuple(g[k] for k in sorted(g))
+        return fn
+
+    for lengths, reverse in [(None, False), (lens, True)]:
+        assert_thread_invariant(run(lengths, reverse))
+
+
+def test_lstm_projection_rejects_bad_input():
+    rng = np.random.default_rng(74)
+    T, B, I, H, P = 3, 2, 4, 6, 3
+    w = proj_weights(rng, I, H, P, True, np.float32)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+
+    def run(**kw):
+        a = dict(w, **kw)
+        return F.lstm(x, a.get("h0"), a.get("c0"), a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], w_hr=a["w_hr"])
+
+    with pytest.raises(ValueError, match="w_hr"):
+        run(w_hr=np.zeros((H, H), np.float32))  # proj_size must be < hidden_size
+    with pytest.raises(ValueError, match="w_hr"):
+        run(w_hr=np.zeros((P,), np.float32))
+    with pytest.raises(ValueError, match="w_hh"):
+        run(w_hh=np.zeros((4 * H, H), np.float32))  # columns must be proj_size
+    with pytest.raises(ValueError, match="h0"):
+        run(h0=np.zeros((B, H), np.float32))  # h has proj_size values
+    with pytest.raises(ValueError, match="c0"):
+        run(c0=np.zeros((B, P), np.float32))
+    with pytest.raises(TypeError):
+        run(w_hr=w["w_hr"].astype(np.float64))
+    with pytest.raises(ValueError, match="only for LSTM"):
+        F._core.recurrent_forward("gru", x, None, None, np.zeros((3 * H, I), np.float32),
+                                  np.zeros((3 * H, P), np.float32), None, None, None, False, True, w["w_hr"])
+    y, h, c, ctx = run()
+    with pytest.raises(ValueError, match="dy"):
+        F.lstm_backward(ctx, np.zeros((T, B, H), np.float32))
+    with pytest.raises(ValueError, match="dc_n"):
+        F.lstm_backward(ctx, None, None, np.zeros((B, P), np.float32))
+    for bad in (dict(proj_size=6), dict(proj_size=-1)):
+        with pytest.raises(ValueError, match="proj_size"):
+            nn.LSTM(I, H, **bad)
+    m = nn.LSTM(I, H, proj_size=P)
+    with pytest.raises(ValueError, match="h_0"):
+        m.forward(x, (np.zeros((1, B, H), np.float32), np.zeros((1, B, H), np.float32)))
+    assert "proj_size=3" in repr(m)

@@ -96,6 +96,7 @@ template <class T> struct StepCtx {
   T* y;             // (B,H) output row block of this step; == h_next: not written twice
   T* zx;            // (B,N) this step's input projection (GRU reads it; gates stored there)
   T* hn;            // (B,H) GRU: W_hn h + b_hn, or null
+  bool proj;        // LSTM with a projection: h_next is o * tanh(c) (B,H); h_prev has P columns
 };
 
 // The gate math of one row block for RG rows at once (rows b[0..RG), tile rows z[k], one
@@ -202,7 +203,8 @@ void step_tile(void* vctx, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb
   for (int64_t r = 0; r < mb; ++r) {
     const int64_t b = i0 + r;
     if (s.len && s.step >= s.len[b]) {  // past this sequence's end: state frozen, output 0
-      std::memmove(s.h_next + b * H + u0, s.h_prev + b * H + u0, size_t(ub) * sizeof(T));
+      if (s.proj) std::memset(s.h_next + b * H + u0, 0, size_t(ub) * sizeof(T));  // h itself: after the projection
+      else std::memmove(s.h_next + b * H + u0, s.h_prev + b * H + u0, size_t(ub) * sizeof(T));
       if (s.cell == Cell::lstm) std::memmove(s.c_next + b * H + u0, s.c_prev + b * H + u0, size_t(ub) * sizeof(T));
       if (write_y) std::memset(s.y + b * H + u0, 0, size_t(ub) * sizeof(T));
       continue;
@@ -231,47 +233,52 @@ template <class T> int64_t recurrent_gate_cols(Cell cell, int64_t H) { return La
 
 template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, bool training, bool backward) {
   Layout L(s.cell, s.H, gemm_nr<T>());
-  const int64_t N = L.N, T_ = s.T, B = s.B, I = s.I, H = s.H;
-  int64_t n = carve_size<T>(N * I) + carve_size<T>(N * H) + 16;
+  const int64_t N = L.N, T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
+  int64_t n = carve_size<T>(N * I) + carve_size<T>(N * HS) + 16;
   if (!backward) {
-    n += 2 * carve_size<T>(N) + carve_size<T>(packed_b_size<T>(H, N));
+    n += 2 * carve_size<T>(N) + carve_size<T>(packed_b_size<T>(HS, N));
     if (s.cell == Cell::gru) n += carve_size<T>(B * N);
-    if (s.reverse) n += carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * H);
-    if (!training) n += carve_size<T>(T_ * B * N) + 4 * carve_size<T>(B * H);
+    if (s.reverse) n += carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * HS);
+    if (!training) n += carve_size<T>(T_ * B * N) + 2 * carve_size<T>(B * HS) + 2 * carve_size<T>(B * H);
+    if (P) n += carve_size<T>(packed_b_size<T>(H, P)) + carve_size<T>(B * H);
   } else {
-    n += carve_size<T>(packed_b_size<T>(N, H));
+    n += carve_size<T>(packed_b_size<T>(N, HS));
     n += carve_size<T>(T_ * B * N) * (s.cell == Cell::gru ? 2 : 1);
-    n += 2 * carve_size<T>(B * H) + carve_size<T>(N * I) + carve_size<T>(N * H) + 2 * carve_size<T>(N);
+    n += carve_size<T>(B * HS) + carve_size<T>(B * H) + carve_size<T>(N * I) + carve_size<T>(N * HS) + 2 * carve_size<T>(N);
     n += carve_size<T>(T_ * B * 2);  // sq: doubles
-    if (s.reverse) n += 2 * carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * H);
+    if (s.reverse) n += 2 * carve_size<T>(T_ * B * I) + carve_size<T>(T_ * B * HS);
+    if (P) n += carve_size<T>(packed_b_size<T>(P, H)) + carve_size<T>(T_ * B * P) + carve_size<T>(B * H);
   }
   return n;
 }
 
 template <class T> void recurrent_forward(const RecurrentShape& s, const RecurrentForwardArgs<T>& a) {
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
   const Layout L(s.cell, H, gemm_nr<T>());
-  const int64_t N = L.N, BH = B * H;
+  const int64_t N = L.N, BH = B * H, BS = B * HS;
   const bool training = a.states != nullptr;
   const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
   Carve<T> ws{a.work};
   T* wih_b = ws.take(N * I);
-  T* whh_b = ws.take(N * H);
+  T* whh_b = ws.take(N * HS);
   T* bx = ws.take(N);
   T* bh = ws.take(N);
-  T* packed = ws.take(packed_b_size<T>(H, N));
+  T* packed = ws.take(packed_b_size<T>(HS, N));
   T* zh = gru ? ws.take(B * N) : nullptr;
   T* xrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
-  T* yrev = s.reverse ? ws.take(T_ * B * H) : nullptr;
+  T* yrev = s.reverse ? ws.take(T_ * B * HS) : nullptr;
   T* zx = training ? a.gates : ws.take(T_ * B * N);
   T* ping[2] = {nullptr, nullptr};
   T* cping[2] = {nullptr, nullptr};
-  if (!training) { ping[0] = ws.take(BH); ping[1] = ws.take(BH); cping[0] = ws.take(BH); cping[1] = ws.take(BH); }
+  if (!training) { ping[0] = ws.take(BS); ping[1] = ws.take(BS); cping[0] = ws.take(BH); cping[1] = ws.take(BH); }
+  // Projection: W_hr packed as the B operand of h = h~ W_hr^T; h~ of the step (inference).
+  T* packed_hr = P ? ws.take(packed_b_size<T>(H, P)) : nullptr;
+  T* ht_step = P ? ws.take(BH) : nullptr;
 
   // Weights and biases in blocked order. GRU: b_hr, b_hz join the input bias; b_hn stays
   // with the recurrent product (it sits inside r * (W_hn h + b_hn)).
   block_rows(L, a.w_ih, I, wih_b);
-  block_rows(L, a.w_hh, H, whh_b);
+  block_rows(L, a.w_hh, HS, whh_b);
   const bool has_bias = a.b_ih || a.b_hh;
   block_biases(L, s.cell, a.b_ih, a.b_hh, bx, bh);
 
@@ -282,15 +289,16 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   ep_in.bias = bx;
   gemm<T>(false, true, T_ * B, N, I, T(1), xin, std::max<int64_t>(I, 1), wih_b, std::max<int64_t>(I, 1), T(0), zx,
           N, has_bias ? &ep_in : nullptr);
-  pack_b<T>(true, H, N, whh_b, H, packed);
+  pack_b<T>(true, HS, N, whh_b, HS, packed);
+  if (P) pack_b<T>(true, H, P, a.w_hr, H, packed_hr);
 
-  auto state = [&](int64_t st) -> T* { return training ? a.states + st * BH : ping[st & 1]; };
+  auto state = [&](int64_t st) -> T* { return training ? a.states + st * BS : ping[st & 1]; };
   auto cell = [&](int64_t st) -> T* { return !lstm ? nullptr : training ? a.cells + st * BH : cping[st & 1]; };
-  if (a.h0) std::memcpy(state(0), a.h0, size_t(BH) * sizeof(T)); else std::memset(state(0), 0, size_t(BH) * sizeof(T));
+  if (a.h0) std::memcpy(state(0), a.h0, size_t(BS) * sizeof(T)); else std::memset(state(0), 0, size_t(BS) * sizeof(T));
   if (lstm) { if (a.c0) std::memcpy(cell(0), a.c0, size_t(BH) * sizeof(T)); else std::memset(cell(0), 0, size_t(BH) * sizeof(T)); }
 
   T* yout = s.reverse ? yrev : a.y;
-  StepCtx<T> ctx{&L, s.cell, 0, s.lengths, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
+  StepCtx<T> ctx{&L, s.cell, 0, s.lengths, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, P > 0};
   Epilogue<T> ep;
   ep.tile_fn = &step_tile<T>;
   ep.tile_ctx = &ctx;
@@ -301,16 +309,31 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
     ctx.h_next = state(st + 1);
     ctx.c_prev = cell(st);
     ctx.c_next = cell(st + 1);
-    ctx.y = (!s.reverse && yout + st * BH == state(st + 1)) ? state(st + 1) : yout + st * BH;
+    T* y_st = yout + st * BS;
+    ctx.y = (!s.reverse && y_st == state(st + 1)) ? state(st + 1) : y_st;
     ctx.zx = zx + st * B * N;
     ctx.hn = (gru && training) ? a.hn + st * BH : nullptr;
+    T* ht = P ? (training ? a.htilde + st * BH : ht_step) : nullptr;
+    if (P) ctx.h_next = ctx.y = ht;  // the epilogue writes h~; h and y come from the projection
     if (gru)
-      gemm_packed<T>(false, B, N, H, T(1), state(st), H, packed, T(0), zh, N, &ep);
+      gemm_packed<T>(false, B, N, HS, T(1), state(st), HS, packed, T(0), zh, N, &ep);
     else
-      gemm_packed<T>(false, B, N, H, T(1), state(st), H, packed, T(1), zx + st * B * N, N, &ep);
+      gemm_packed<T>(false, B, N, HS, T(1), state(st), HS, packed, T(1), zx + st * B * N, N, &ep);
+    if (P) {
+      T* hnext = state(st + 1);
+      gemm_packed<T>(false, B, P, H, T(1), ht, H, packed_hr, T(0), hnext, P, nullptr);
+      for (int64_t b = 0; b < B; ++b) {
+        const bool frozen = s.lengths && st >= s.lengths[b];
+        if (frozen) std::memcpy(hnext + b * P, state(st) + b * P, size_t(P) * sizeof(T));
+        if (y_st != hnext) {
+          if (frozen) std::memset(y_st + b * P, 0, size_t(P) * sizeof(T));
+          else std::memcpy(y_st + b * P, hnext + b * P, size_t(P) * sizeof(T));
+        }
+      }
+    }
   }
-  if (s.reverse) reverse_scatter(s, yrev, a.y, H);
-  if (a.h_n) std::memcpy(a.h_n, state(T_), size_t(BH) * sizeof(T));
+  if (s.reverse) reverse_scatter(s, yrev, a.y, HS);
+  if (a.h_n) std::memcpy(a.h_n, state(T_), size_t(BS) * sizeof(T));
   if (lstm && a.c_n) std::memcpy(a.c_n, cell(T_), size_t(BH) * sizeof(T));
 }
 
@@ -318,61 +341,101 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int W = V::W;
-  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H;
+  const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
   const Layout L(s.cell, H, gemm_nr<T>());
-  const int64_t N = L.N, BH = B * H;
+  const int64_t N = L.N, BH = B * H, BS = B * HS;
   const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
   Carve<T> ws{a.work};
   T* wih_b = ws.take(N * I);
-  T* whh_b = ws.take(N * H);
-  T* packed = ws.take(packed_b_size<T>(N, H));
+  T* whh_b = ws.take(N * HS);
+  T* packed = ws.take(packed_b_size<T>(N, HS));
   T* dzx = ws.take(T_ * B * N);
   T* dzh = gru ? ws.take(T_ * B * N) : dzx;
-  T* dh = ws.take(BH);
+  T* dh = ws.take(BS);
   T* dc = ws.take(BH);
   T* dwih_b = ws.take(N * I);
-  T* dwhh_b = ws.take(N * H);
+  T* dwhh_b = ws.take(N * HS);
   T* dbx = ws.take(N);
   T* dbh = ws.take(N);
   double* sq = reinterpret_cast<double*>(ws.take(T_ * B * 2));  // squared ||dL/dh|| per (step, row)
   T* xrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
   T* dxrev = s.reverse ? ws.take(T_ * B * I) : nullptr;
-  T* dyrev = s.reverse ? ws.take(T_ * B * H) : nullptr;
+  T* dyrev = s.reverse ? ws.take(T_ * B * HS) : nullptr;
+  // Projection: dL/dh of every step (for dW_hr), dL/dh~ of the step, W_hr packed for dh~ = dh W_hr.
+  T* packed_hr = P ? ws.take(packed_b_size<T>(P, H)) : nullptr;
+  T* dhall = P ? ws.take(T_ * B * P) : nullptr;
+  T* dht = P ? ws.take(BH) : nullptr;
 
   block_rows(L, a.w_ih, I, wih_b);
-  block_rows(L, a.w_hh, H, whh_b);
-  pack_b<T>(false, N, H, whh_b, H, packed);  // dh_prev = dZ (B,N) @ whh_b (N,H)
+  block_rows(L, a.w_hh, HS, whh_b);
+  pack_b<T>(false, N, HS, whh_b, HS, packed);  // dh_prev = dZ (B,N) @ whh_b (N,HS)
+  if (P) pack_b<T>(false, P, H, a.w_hr, H, packed_hr);
   const T* xin = a.x;
   const T* dyin = a.dy;
   if (s.reverse) {
     reverse_gather(s, a.x, xrev, I);
     xin = xrev;
-    if (a.dy) { reverse_gather(s, a.dy, dyrev, H); dyin = dyrev; }
+    if (a.dy) { reverse_gather(s, a.dy, dyrev, HS); dyin = dyrev; }
   }
-  if (a.dh_n) std::memcpy(dh, a.dh_n, size_t(BH) * sizeof(T)); else std::memset(dh, 0, size_t(BH) * sizeof(T));
+  if (a.dh_n) std::memcpy(dh, a.dh_n, size_t(BS) * sizeof(T)); else std::memset(dh, 0, size_t(BS) * sizeof(T));
   if (lstm) { if (a.dc_n) std::memcpy(dc, a.dc_n, size_t(BH) * sizeof(T)); else std::memset(dc, 0, size_t(BH) * sizeof(T)); }
   const R one = V::set1(T(1));
+  // Squares of dL/dh summed twice: as they are, and scaled by 2^120 (float) so that gradients
+  // that vanish below ~1e-19, whose squares underflow float, still get a norm.
+  const R up = V::set1(sizeof(T) == 4 ? T(1152921504606846976.0) : T(1));  // 2^60
+  auto squares = [&](R d, R& acc, R& accs) {
+    acc = V::fma(d, d, acc);
+    if constexpr (sizeof(T) == 4) {
+      const R du = V::mul(d, up);
+      accs = V::fma(du, du, accs);
+    }
+  };
+  auto norm_sq = [](R acc, R accs) {
+    const double plain = double(V::reduce_add(acc));
+    const double scaled = sizeof(T) == 4 ? double(V::reduce_add(accs)) : 0.0;
+    return (sizeof(T) == 4 && plain < 1e-30 && std::isfinite(scaled)) ? scaled * 0x1p-120 : plain;
+  };
 
   for (int64_t st = T_ - 1; st >= 0; --st) {
-    // Fused pointwise pass: gradient reaching h_t, then dZ for every gate; the direct
-    // (non-matmul) part of dh_{t-1} is left in dh for the GEMM to add to.
+    if (P) {
+      // Projection: dL/dh_t (P values) = what reached h plus dy, kept for dW_hr; then
+      // dL/dh~_t = dL/dh_t W_hr feeds the gate pass. Frozen rows carry dh unchanged.
+      for (int64_t b = 0; b < B; ++b) {
+        T* dst = dhall + (st * B + b) * P;
+        if (s.lengths && st >= s.lengths[b]) {
+          std::memset(dst, 0, size_t(P) * sizeof(T));
+          continue;
+        }
+        const T* dyb = dyin ? dyin + (st * B + b) * P : nullptr;
+        R acc = V::zero(), accs = V::zero();
+        for (int64_t u = 0; u < P; u += W) {
+          const int cnt = int(std::min<int64_t>(W, P - u));
+          R d = V::load_n(dh + b * P + u, cnt);
+          if (dyb) d = V::add(d, V::load_n(dyb + u, cnt));
+          squares(d, acc, accs);
+          V::store_n(dst + u, d, cnt);
+          V::store_n(dh + b * P + u, V::zero(), cnt);
+        }
+        sq[st * B + b] = norm_sq(acc, accs);
+      }
+      gemm_packed<T>(false, B, H, P, T(1), dhall + st * B * P, P, packed_hr, T(0), dht, H, nullptr);
+    }
+    // Fused pointwise pass: gradient reaching h_t (h~_t with a projection), then dZ for every
+    // gate; the direct (non-matmul) part of dh_{t-1} is left in dh for the GEMM to add to.
 #pragma omp parallel for num_threads(pool_threads(BH * 8)) schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       T* dzx_r = dzx + (st * B + b) * N;
       T* dzh_r = dzh + (st * B + b) * N;
-      T* dhb = dh + b * H;
+      T* dhb = P ? dht + b * H : dh + b * H;
       if (s.lengths && st >= s.lengths[b]) {  // frozen: gradients pass straight through
         std::memset(dzx_r, 0, size_t(N) * sizeof(T));
         if (gru) std::memset(dzh_r, 0, size_t(N) * sizeof(T));
         sq[st * B + b] = 0.0;
         continue;
       }
-      const T* dyb = dyin ? dyin + (st * B + b) * H : nullptr;
+      const T* dyb = dyin && !P ? dyin + (st * B + b) * H : nullptr;
       const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
-      // Squares summed twice: as they are, and scaled by 2^120 (float) so that gradients that
-      // vanish below ~1e-19, whose squares underflow float, still get a norm.
       R acc = V::zero(), accs = V::zero();
-      const R up = V::set1(sizeof(T) == 4 ? T(1152921504606846976.0) : T(1));  // 2^60
       for (int64_t blk = 0; blk < L.nblk; ++blk) {
         const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
         if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
@@ -384,11 +447,7 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
           const int64_t hu = b * H + u0 + u;
           R d = V::load_n(dhb + u0 + u, cnt);
           if (dyb) d = V::add(d, V::load_n(dyb + u0 + u, cnt));
-          acc = V::fma(d, d, acc);
-          if constexpr (sizeof(T) == 4) {
-            const R du = V::mul(d, up);
-            accs = V::fma(du, du, accs);
-          }
+          if (!P) squares(d, acc, accs);
           if (lstm) {
             const T* g = gb + c0;
             R i = V::load_n(g + u, cnt), f = V::load_n(g + ub + u, cnt);
@@ -432,13 +491,11 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
           }
         }
       }
-      const double plain = double(V::reduce_add(acc));
-      const double scaled = sizeof(T) == 4 ? double(V::reduce_add(accs)) : 0.0;
-      sq[st * B + b] = (sizeof(T) == 4 && plain < 1e-30 && std::isfinite(scaled)) ? scaled * 0x1p-120 : plain;
+      if (!P) sq[st * B + b] = norm_sq(acc, accs);
     }
-    gemm_packed<T>(false, B, H, N, T(1), dzh + st * B * N, N, packed, T(1), dh, H, nullptr);
+    gemm_packed<T>(false, B, HS, N, T(1), dzh + st * B * N, N, packed, T(1), dh, HS, nullptr);
   }
-  if (a.dh0) std::memcpy(a.dh0, dh, size_t(BH) * sizeof(T));
+  if (a.dh0) std::memcpy(a.dh0, dh, size_t(BS) * sizeof(T));
   if (lstm && a.dc0) std::memcpy(a.dc0, dc, size_t(BH) * sizeof(T));
 
   if (a.dh_norms) {  // original time order; per-row squares summed in batch order
@@ -455,7 +512,8 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
 
   // Weight and input gradients: one GEMM each over all T*B rows.
   const int64_t TB = T_ * B;
-  gemm<T>(true, false, N, H, TB, T(1), dzh, N, a.states, H, T(0), dwhh_b, H, nullptr);
+  gemm<T>(true, false, N, HS, TB, T(1), dzh, N, a.states, HS, T(0), dwhh_b, HS, nullptr);
+  if (P) gemm<T>(true, false, P, H, TB, T(1), dhall, P, a.htilde, H, T(0), a.dw_hr, H, nullptr);
   gemm<T>(true, false, N, I, TB, T(1), dzx, N, xin, std::max<int64_t>(I, 1), T(0), dwih_b, std::max<int64_t>(I, 1), nullptr);
   if (a.dx) {  // skipped when the caller does not need the input gradient
     T* dxout = s.reverse ? dxrev : a.dx;
@@ -463,7 +521,7 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
     if (s.reverse) reverse_scatter(s, dxrev, a.dx, I);
   }
   unblock_rows(L, dwih_b, I, a.dw_ih);
-  unblock_rows(L, dwhh_b, H, a.dw_hh);
+  unblock_rows(L, dwhh_b, HS, a.dw_hh);
   if (a.db_ih || a.db_hh) {
     col_sum<T>(dzx, TB, N, dbx, false);
     if (gru) col_sum<T>(dzh, TB, N, dbh, false);

@@ -7,6 +7,10 @@
 //   LSTM: i,f,o = sigmoid(.), g = tanh(.), c' = f c + i g, h' = o tanh(c')
 //   GRU:  r,z = sigmoid(W_i. x + b_i. + W_h. h + b_h.),
 //         n = tanh(W_in x + b_in + r (W_hn h + b_hn)),  h' = (1 - z) n + z h
+//   LSTM with a projection (s.P > 0, PyTorch's proj_size): h~ = o tanh(c'), h' = W_hr h~ with
+//   w_hr (P, H); h0, h_n, y and w_hh's columns then have P values (w_hh (4H, P)); c has H.
+//   Each step adds the GEMM h~ W_hr^T after the fused one (backward: dh~ = dh W_hr before the
+//   pointwise pass), and dW_hr is one GEMM over all steps from the saved h~ (T,B,H).
 // lengths (B) optional, 1 <= lengths[b] <= T: sequence b updates its state only for
 // t < lengths[b]; y is 0 after that and h_n / c_n are the states after its last valid step.
 // reverse: each sequence runs backwards over its own valid steps (PyTorch's packed reverse

@@ -22,6 +22,9 @@ struct RecurrentShape {
   int64_t T, B, I, H;
   bool reverse;
   const int64_t* lengths;  // (B) or null
+  // LSTM with a projection (PyTorch's proj_size): h_t = W_hr (o * tanh(c_t)), P < H values;
+  // 0: none. The recurrent state h (h0, h_n, y, states, W_hh's columns) then has P values.
+  int64_t P = 0;
 };
 
 template <class T>
@@ -33,6 +36,8 @@ struct RecurrentForwardArgs {
   // states (T+1,B,H) and cells (T+1,B,H) in the order the recurrence ran (step 0 = initial);
   // hn (T,B,H) GRU's W_hn h + b_hn. y may alias states + B*H (no lengths, no reverse).
   T *gates = nullptr, *states = nullptr, *cells = nullptr, *hn = nullptr;
+  const T* w_hr = nullptr;  // (P, H) with a projection
+  T* htilde = nullptr;      // (T, B, H) saved o * tanh(c_t) before the projection (training, P > 0)
   T* work = nullptr;  // recurrent_workspace_size(..., false) elements
 };
 
@@ -44,6 +49,8 @@ struct RecurrentBackwardArgs {
   T *dx = nullptr, *dh0 = nullptr, *dc0 = nullptr;  // dx null: not computed
   T *dw_ih = nullptr, *dw_hh = nullptr, *db_ih = nullptr, *db_hh = nullptr;  // overwritten
   T* dh_norms = nullptr;  // (T): ||dL/dh_t|| over the batch, original time order; or null
+  const T *w_hr = nullptr, *htilde = nullptr;  // with a projection (P > 0)
+  T* dw_hr = nullptr;                          // (P, H), overwritten
   T* work = nullptr;      // recurrent_workspace_size(..., true) elements
 };
 

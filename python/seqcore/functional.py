@@ -177,10 +177,12 @@ def log_softmax_backward(dy, y, axis=-1):
 
 
 def _grads(mode, out):
-    dx, dh0, dc0, dwih, dwhh, dbih, dbhh, norms = out
+    dx, dh0, dc0, dwih, dwhh, dbih, dbhh, norms, dwhr = out
     g = {"x": dx, "h0": dh0, "w_ih": dwih, "w_hh": dwhh, "b_ih": dbih, "b_hh": dbhh, "dh_norms": norms}
     if mode == "lstm":
         g["c0"] = dc0
+        if dwhr is not None:
+            g["w_hr"] = dwhr
     return g
 
 
@@ -201,12 +203,15 @@ def rnn_backward(ctx, dy, dh_n=None, need_input_grad=True):
     return _grads("rnn", _core.recurrent_backward(ctx, dy, dh_n, None, True, need_input_grad))
 
 
-def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, training=True, w_hr=None):
     """LSTM over a sequence: ``i, f, o = sigmoid(.)``, ``g = tanh(.)`` of
     ``W_ih x_t + b_ih + W_hh h_{t-1} + b_hh`` (row blocks i, f, g, o),
-    ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``. Returns ``(y, h_n, c_n, ctx)``."""
+    ``c_t = f c_{t-1} + i g``, ``h_t = o tanh(c_t)``. With a projection ``w_hr`` (P, H),
+    P < H (PyTorch's ``proj_size``): ``h_t = W_hr (o tanh(c_t))``, so h0, h_n, y and the
+    columns of ``w_hh`` (4H, P) have P values; c stays H wide. Returns ``(y, h_n, c_n, ctx)``;
+    the backward's gradients then include ``"w_hr"``."""
     y, h_n, c_n, ctx = _core.recurrent_forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                               training)
+                                               training, w_hr)
     return y, h_n, c_n, ctx
 
 

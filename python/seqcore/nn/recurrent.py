@@ -35,11 +35,13 @@ class RNNBase(Module):
     Parameters per layer k and direction (suffix ``_reverse`` for the second direction):
     ``weight_ih_l{k}`` (G*H, I_k), ``weight_hh_l{k}`` (G*H, H), ``bias_ih_l{k}``,
     ``bias_hh_l{k}`` (G*H,), where I_0 = input_size and I_k = H * num_directions; all
-    initialised U(-1/sqrt(H), 1/sqrt(H)) as PyTorch does.
+    initialised U(-1/sqrt(H), 1/sqrt(H)) as PyTorch does. LSTM with ``proj_size`` P > 0:
+    also ``weight_hr_l{k}`` (P, H); h (and the output) then has P values, so
+    ``weight_hh_l{k}`` is (4H, P) and I_k = P * num_directions.
     """
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, rng=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, rng=None):
         super().__init__()
         if int(input_size) < 1 or int(hidden_size) < 1:
             raise ValueError(f"input_size and hidden_size must be >= 1, got {input_size}, {hidden_size}")
@@ -52,20 +54,31 @@ class RNNBase(Module):
         self.num_layers, self.bias, self.batch_first = int(num_layers), bool(bias), bool(batch_first)
         self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
         self.num_directions = 2 if bidirectional else 1
+        self.proj_size = int(proj_size)
+        if self.proj_size < 0:
+            raise ValueError(f"proj_size must be >= 0, got {proj_size}")
+        if self.proj_size and mode != "LSTM":
+            raise ValueError("proj_size is only for LSTM")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size, got proj_size={self.proj_size}, "
+                             f"hidden_size={self.hidden_size}")
         self._rng = make_rng(rng)
         dtype = _check_dtype(dtype)
         G, H = _GATES[mode], self.hidden_size
+        HS = self.proj_size or H  # width of h
         k = 1.0 / math.sqrt(H)
         for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
+            in_size = self.input_size if layer == 0 else HS * self.num_directions
             for d in range(self.num_directions):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 u = lambda *shape: self._rng.uniform(-k, k, size=shape).astype(dtype)
                 setattr(self, "weight_ih" + sfx, Parameter(u(G * H, in_size)))
-                setattr(self, "weight_hh" + sfx, Parameter(u(G * H, H)))
+                setattr(self, "weight_hh" + sfx, Parameter(u(G * H, HS)))
                 if self.bias:
                     setattr(self, "bias_ih" + sfx, Parameter(u(G * H)))
                     setattr(self, "bias_hh" + sfx, Parameter(u(G * H)))
+                if self.proj_size:
+                    setattr(self, "weight_hr" + sfx, Parameter(u(self.proj_size, H)))
         self._cache = None
         self.last_dh_norms = {}
 
@@ -81,6 +94,8 @@ class RNNBase(Module):
             s += f", dropout={self.dropout}"
         if self.bidirectional:
             s += ", bidirectional=True"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
         return s
 
     def _weights(self, layer, d):
@@ -92,6 +107,11 @@ class RNNBase(Module):
             w += [None, None]
         return w
 
+    def _proj(self, layer, d):
+        if not self.proj_size:
+            return None
+        return getattr(self, f"weight_hr_l{layer}" + ("_reverse" if d else ""))
+
     # ------------------------------------------------------------------ forward
     def _split_hx(self, hx, B, dtype):
         L = self.num_layers * self.num_directions
@@ -102,9 +122,9 @@ class RNNBase(Module):
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise ValueError("LSTM hx must be a tuple (h_0, c_0)")
             h0, c0 = (np.asarray(a) for a in hx)
-            for name, a in (("h_0", h0), ("c_0", c0)):
-                if a.shape != shape:
-                    raise ValueError(f"argument '{name}' must have shape {shape}, got {a.shape}")
+            for name, a, want in (("h_0", h0, (L, B, self.proj_size or self.hidden_size)), ("c_0", c0, shape)):
+                if a.shape != want:
+                    raise ValueError(f"argument '{name}' must have shape {want}, got {a.shape}")
             return h0, c0
         if hx is None:
             return None, None
@@ -119,7 +139,8 @@ class RNNBase(Module):
         input: (T, B, input_size), or (B, T, input_size) with batch_first, or unbatched
         (T, input_size). hx: (num_layers*num_directions, B, H) (LSTM: a tuple (h_0, c_0)),
         zeros when None. lengths: optional (B,) valid steps per sequence (1..T).
-        Returns (output (T, B, num_directions*H), h_n) — LSTM: (output, (h_n, c_n)).
+        Returns (output (T, B, num_directions*H), h_n) — LSTM: (output, (h_n, c_n)); with
+        proj_size P, output and h have P values in place of H.
         """
         x = np.asarray(input)
         if x.dtype.kind != "f":
@@ -150,11 +171,13 @@ class RNNBase(Module):
             outs = []
             for d in range(nd):
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
+                w_hr = self._proj(layer, d)
                 i = layer * nd + d
                 y, h_n, c_n, ctx = F._core.recurrent_forward(
                     mode, layer_in, None if h0 is None else h0[i], None if c0 is None else c0[i],
                     w_ih.data, w_hh.data, None if b_ih is None else b_ih.data,
-                    None if b_hh is None else b_hh.data, lengths, d == 1, training)
+                    None if b_hh is None else b_hh.data, lengths, d == 1, training,
+                    None if w_hr is None else w_hr.data)
                 outs.append(y)
                 hn.append(h_n)
                 cn.append(c_n)
@@ -168,7 +191,7 @@ class RNNBase(Module):
                 masks.append(None)
             layer_in = out
         output = layer_in
-        h_n = np.stack(hn) if hn else np.zeros((0, B, self.hidden_size), x.dtype)
+        h_n = np.stack(hn) if hn else np.zeros((0, B, self.proj_size or self.hidden_size), x.dtype)
         if training:
             self._cache = (ctxs, masks, unbatched, T, B)
         else:
@@ -198,7 +221,7 @@ class RNNBase(Module):
         if self._cache is None:
             raise RuntimeError("backward needs a preceding forward in training mode (call .train())")
         ctxs, masks, unbatched, T, B = self._cache
-        nd, H = self.num_directions, self.hidden_size
+        nd, H = self.num_directions, self.proj_size or self.hidden_size  # H: width of h
         dtype = self.weight_hh_l0.dtype
         dy = None
         if d_output is not None:
@@ -220,16 +243,16 @@ class RNNBase(Module):
                 dhn = d_h_n
             L = self.num_layers * nd
             conv = []
-            for name, a in (("d_h_n", dhn), ("d_c_n", dcn)):
+            for name, a, w in (("d_h_n", dhn, H), ("d_c_n", dcn, self.hidden_size)):
                 if a is not None:
                     a = _grad_array(a, name, dtype)
                     if a.ndim != (2 if unbatched else 3):
-                        raise ValueError(f"argument '{name}' must have shape {(L, H) if unbatched else (L, B, H)}, "
+                        raise ValueError(f"argument '{name}' must have shape {(L, w) if unbatched else (L, B, w)}, "
                                          f"got {a.shape}")
                     if unbatched:
                         a = a[:, None, :]
-                    if a.shape != (L, B, H):
-                        raise ValueError(f"argument '{name}' must have shape {(L, B, H)}, got {a.shape}")
+                    if a.shape != (L, B, w):
+                        raise ValueError(f"argument '{name}' must have shape {(L, B, w)}, got {a.shape}")
                 conv.append(a)
             dhn, dcn = conv
         dh0 = [None] * (self.num_layers * nd)
@@ -244,10 +267,12 @@ class RNNBase(Module):
                 out = F._core.recurrent_backward(ctxs[i], g_y, None if dhn is None else dhn[i],
                                                  None if dcn is None else dcn[i], True,
                                                  need_input_grad or layer > 0)
-                dx, dh, dc, dwih, dwhh, dbih, dbhh, norms = out
+                dx, dh, dc, dwih, dwhh, dbih, dbhh, norms, dwhr = out
                 w_ih, w_hh, b_ih, b_hh = self._weights(layer, d)
                 w_ih.grad += dwih
                 w_hh.grad += dwhh
+                if dwhr is not None:
+                    self._proj(layer, d).grad += dwhr
                 if b_ih is not None:
                     b_ih.grad += dbih
                     b_hh.grad += dbhh
@@ -291,10 +316,8 @@ class LSTM(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, *, dtype=np.float32, rng=None):
-        if proj_size:
-            raise NotImplementedError("LSTM proj_size > 0 is not supported yet")
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, dtype=dtype, rng=rng)
+                         bidirectional, proj_size, dtype=dtype, rng=rng)
 
 
 class GRU(RNNBase):
@@ -437,7 +460,7 @@ class RNNCellBase(Module):
                 raise ValueError(f"argument '{name}' must have shape {want}, got {a.shape}")
         dh = None if dh is None else dh.reshape(-1, self.hidden_size)
         dc = None if dc is None else dc.reshape(-1, self.hidden_size)
-        dx, dh0, dc0, dwih, dwhh, dbih, dbhh, _ = F._core.recurrent_backward(ctx, None, dh, dc, False, True)
+        dx, dh0, dc0, dwih, dwhh, dbih, dbhh, _, _ = F._core.recurrent_backward(ctx, None, dh, dc, False, True)
         self.weight_ih.grad += dwih
         self.weight_hh.grad += dwhh
         if self.bias_ih is not None:

@@ -289,23 +289,25 @@ def rnn_backward(ctx, dy, dh_n=None):
 
 
 # ----------------------------------------------------------------------------- LSTM
-def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, w_hr=None):
     r"""LSTM over a whole sequence (one layer, one direction, PyTorch gate order i,f,g,o).
 
     Parameters
     ----------
     x : ndarray, shape (T, B, I)
-    h0, c0 : ndarray, shape (B, H), or None for zeros
+    h0 : ndarray, shape (B, H) ((B, P) with a projection), or None for zeros
+    c0 : ndarray, shape (B, H), or None for zeros
     w_ih : ndarray, shape (4H, I)
-    w_hh : ndarray, shape (4H, H)
+    w_hh : ndarray, shape (4H, H), or (4H, P) with a projection
     b_ih, b_hh : ndarray, shape (4H,), optional (both or neither)
     lengths : int ndarray, shape (B,), optional
     reverse : bool
+    w_hr : ndarray, shape (P, H), P < H, optional: the projection (PyTorch's ``proj_size``)
 
     Returns
     -------
-    y : ndarray, shape (T, B, H)
-    h_n, c_n : ndarray, shape (B, H)
+    y : ndarray, shape (T, B, H) ((T, B, P) with a projection)
+    h_n : ndarray, shape (B, H) or (B, P); c_n : ndarray, shape (B, H)
     ctx : dict
         Saved for :func:`lstm_backward`.
 
@@ -315,24 +317,36 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fals
 
     .. math:: c_t = f_t \odot c_{t-1} + i_t \odot g_t, \qquad h_t = o_t \odot \tanh c_t,
         \qquad y_t = h_t
+
+    With a projection, :math:`\tilde h_t = o_t \odot \tanh c_t` and :math:`h_t = \tilde h_t W_{hr}^T`.
     """
     x = np.asarray(x)
-    T, B, H = _check_x(x, w_ih, w_hh, 4)
+    if w_hr is None:
+        T, B, H = _check_x(x, w_ih, w_hh, 4)
+        HS = H
+    else:
+        w_hr = np.asarray(w_hr)
+        (HS, H), T, B = w_hr.shape, x.shape[0], x.shape[1]
+        if x.ndim != 3 or w_hh.shape != (4 * H, HS) or w_ih.shape != (4 * H, x.shape[2]):
+            raise ValueError(f"expected x (T, B, I), w_ih ({4 * H}, I), w_hh ({4 * H}, {HS}); got "
+                             f"{x.shape}, {w_ih.shape}, {w_hh.shape}")
     valid = _valid_mask(lengths, T, B)
-    h, c = _state(h0, B, H, x.dtype), _state(c0, B, H, x.dtype)
-    y = np.zeros((T, B, H), x.dtype)
-    saved = {k: np.zeros((T, B, H), x.dtype) for k in ("i", "f", "g", "o", "c", "hprev", "cprev")}
+    h, c = _state(h0, B, HS, x.dtype), _state(c0, B, H, x.dtype)
+    y = np.zeros((T, B, HS), x.dtype)
+    saved = {k: np.zeros((T, B, H), x.dtype) for k in ("i", "f", "g", "o", "c", "cprev", "ht")}
+    saved["hprev"] = np.zeros((T, B, HS), x.dtype)
     for t in _order(T, reverse):
         i, f, g, o = _lstm_gates(x[t], h, w_ih, w_hh, b_ih, b_hh)
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
-        for k, v in dict(i=i, f=f, g=g, o=o, c=c_new, hprev=h, cprev=c).items():
+        ht = o * np.tanh(c_new)
+        h_new = ht if w_hr is None else ht @ w_hr.T
+        for k, v in dict(i=i, f=f, g=g, o=o, c=c_new, hprev=h, cprev=c, ht=ht).items():
             saved[k][t] = v
         h = np.where(valid[t], h_new, h)
         c = np.where(valid[t], c_new, c)
         y[t] = np.where(valid[t], h_new, 0)
     ctx = dict(x=x, w_ih=np.asarray(w_ih), w_hh=np.asarray(w_hh), has_bias=b_ih is not None,
-               valid=valid, reverse=reverse, **saved)
+               valid=valid, reverse=reverse, w_hr=w_hr, **saved)
     return y, h, c, ctx
 
 
@@ -343,14 +357,15 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
     ----------
     ctx : dict
         From :func:`lstm`.
-    dy : ndarray, shape (T, B, H), or None for zeros
-    dh_n, dc_n : ndarray, shape (B, H), optional
+    dy : ndarray, shape (T, B, H) ((T, B, P) with a projection), or None for zeros
+    dh_n : ndarray, shape (B, H) or (B, P), optional; dc_n : ndarray, shape (B, H), optional
 
     Returns
     -------
     grads : dict
         ``'x' (T,B,I)``, ``'h0' (B,H)``, ``'c0' (B,H)``, ``'w_ih' (4H,I)``, ``'w_hh' (4H,H)``,
-        ``'b_ih'``/``'b_hh' (4H,)`` (None without bias), ``'dh_norms' (T,)``.
+        ``'b_ih'``/``'b_hh' (4H,)`` (None without bias), ``'dh_norms' (T,)``; with a
+        projection ``'w_hr' (P,H)`` (and P in place of H for h0, w_hh's columns).
 
     Notes
     -----
@@ -364,21 +379,29 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         da &= [d i\, i(1-i),\; d f\, f(1-f),\; d g\,(1-g^2),\; d o\, o(1-o)] \\
         dh &\leftarrow da\, W_{hh}, \qquad dc \leftarrow \bar c \odot f
 
+    With a projection, :math:`\bar h` (P values) is first carried back through it: the gate
+    formulas use :math:`\bar h W_{hr}` in its place, and :math:`dW_{hr} = \sum_t \bar h_t^T \tilde h_t`.
     At invalid steps ``dh, dc`` pass through. Weight gradients as in :func:`rnn_backward`.
     """
     valid = ctx["valid"]
     T, B, H = ctx["c"].shape
+    HS = ctx["hprev"].shape[2]
+    w_hr = ctx["w_hr"]
     dtype = ctx["c"].dtype
-    dy = np.zeros((T, B, H), dtype) if dy is None else np.asarray(dy)
-    dh = _state(dh_n, B, H, dtype).copy()
+    dy = np.zeros((T, B, HS), dtype) if dy is None else np.asarray(dy)
+    dh = _state(dh_n, B, HS, dtype).copy()
     dc = _state(dc_n, B, H, dtype).copy()
     da = np.zeros((T, B, 4 * H), dtype)
     norms = np.zeros(T, dtype)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     for t in reversed(_order(T, ctx["reverse"])):
         i, f, g, o = (ctx[k][t] for k in ("i", "f", "g", "o"))
         m = valid[t]
         hbar = np.where(m, dh + dy[t], 0)
         norms[t] = np.linalg.norm(hbar)
+        if w_hr is not None:
+            dw_hr += hbar.T @ ctx["ht"][t]
+            hbar = hbar @ w_hr
         tc = np.tanh(ctx["c"][t])
         cbar = np.where(m, dc, 0) + hbar * o * (1 - tc * tc)
         da[t] = np.concatenate([cbar * g * i * (1 - i), cbar * ctx["cprev"][t] * f * (1 - f),
@@ -387,6 +410,8 @@ def lstm_backward(ctx, dy, dh_n=None, dc_n=None):
         dc = np.where(m, cbar * f, dc)
     grads = _weight_grads(ctx, da, da, ctx["hprev"])
     grads.update(h0=dh, c0=dc, dh_norms=norms)
+    if w_hr is not None:
+        grads["w_hr"] = dw_hr
     return grads
 
 
