@@ -291,8 +291,12 @@ def test_mha_bad_input(rng):
         m.forward(x.astype(np.float64), x.astype(np.float64), x.astype(np.float64))
     with pytest.raises(RuntimeError):
         nn.MultiheadAttention(8, 2).backward(x)
-    with pytest.raises(NotImplementedError):
-        nn.MultiheadAttention(8, 2, add_bias_kv=True)
+    with pytest.raises(ValueError, match="together"):
+        F.multi_head_attention(x, x, x, 2, m.in_proj_weight.data, m.in_proj_bias.data, m.out_proj.weight.data,
+                               m.out_proj.bias.data, bias_k=np.zeros(8, np.float32))
+    with pytest.raises(ValueError, match="bias_k"):
+        F.multi_head_attention(x, x, x, 2, m.in_proj_weight.data, m.in_proj_bias.data, m.out_proj.weight.data,
+                               m.out_proj.bias.data, bias_k=np.zeros(7, np.float32), bias_v=np.zeros(8, np.float32))
 
 
 # ----------------------------------------------------------------------------- MHA
@@ -432,6 +436,79 @@ def test_mha_finite_differences(rng):
             w.data = old
 
     assert_fd(gw, fw, w.data, dout, "d in_proj_weight")
+
+
+# PyTorch's add_bias_kv (a learned key and value appended to every sequence) and add_zero_attn.
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("kw, self_attn, masks, causal, need", [
+    (dict(add_bias_kv=True), True, False, False, False),
+    (dict(add_zero_attn=True), False, True, False, True),
+    (dict(add_bias_kv=True, add_zero_attn=True), True, True, False, False),
+    (dict(add_bias_kv=True, add_zero_attn=True), True, False, True, False),
+    (dict(add_bias_kv=True), True, True, True, True),
+    (dict(add_bias_kv=True, kdim=6, vdim=5, batch_first=True), False, True, False, False),
+], ids=["bias_kv", "zero_attn", "both", "both_causal", "bias_kv_causal_kpm", "kdim_vdim"])
+def test_mha_bias_kv_zero_attn_match_torch(kw, self_attn, masks, causal, need, dtype, rng):
+    torch = pytest.importorskip("torch")
+    E, N, L, S, B = 16, 4, 5, 7, 3
+    m = nn.MultiheadAttention(E, N, dtype=dtype, **kw)
+    tm = _torch_mha(torch, m, dtype, **kw)
+    assert list(m.state_dict()) == list(tm.state_dict())
+    bf = kw.get("batch_first", False)
+    shp = lambda T, F_: (B, T, F_) if bf else (T, B, F_)
+    if self_attn:
+        q = k = v = rand(rng, shp(S, E), dtype)
+        Lq = S
+    else:
+        q, k, v = rand(rng, shp(L, E), dtype), rand(rng, shp(S, kw.get("kdim", E)), dtype), \
+            rand(rng, shp(S, kw.get("vdim", E)), dtype)
+        Lq = L
+    kpm = None
+    if masks:
+        kpm = rng.random((B, S)) < 0.3
+        kpm[:, 0] = False
+    am = np.triu(np.ones((Lq, S), bool), 1) if causal else None
+    tq = torch.from_numpy(q.copy()).requires_grad_()
+    tk, tv = (tq, tq) if self_attn else (torch.from_numpy(k.copy()).requires_grad_(),
+                                         torch.from_numpy(v.copy()).requires_grad_())
+    to, tw = tm(tq, tk, tv, key_padding_mask=None if kpm is None else torch.from_numpy(kpm),
+                attn_mask=None if am is None else torch.from_numpy(am), need_weights=need, is_causal=causal)
+    out, w = m.forward(q, k, v, key_padding_mask=kpm, attn_mask=am, need_weights=need, is_causal=causal)
+    close(out, to.detach().numpy(), dtype, "out", op="torch")
+    if need:
+        close(w, tw.detach().numpy(), dtype, "weights", op="torch")
+    dout = rand(rng, out.shape, dtype)
+    to.backward(torch.from_numpy(dout))
+    dq, dk, dv = m.backward(dout)
+    close(dq, tq.grad.numpy(), dtype, "dq", op="torch")
+    if not self_attn:
+        close(dk, tk.grad.numpy(), dtype, "dk", op="torch")
+        close(dv, tv.grad.numpy(), dtype, "dv", op="torch")
+    for (name, p), (tname, tp) in zip(m.named_parameters(), tm.named_parameters()):
+        assert name == tname
+        close(p.grad, tp.grad.numpy(), dtype, "grad " + name, op="torch")
+
+
+def test_mha_bias_kv_finite_differences(rng):
+    m = nn.MultiheadAttention(6, 2, add_bias_kv=True, add_zero_attn=True, dtype=np.float64, rng=4)
+    x = rng.standard_normal((4, 2, 6))
+    kpm = np.array([[False, False, True, False], [False, True, False, False]])
+    out, _ = m.forward(x, x, x, key_padding_mask=kpm)
+    dout = rng.standard_normal(out.shape)
+    dx, _, _ = m.backward(dout)
+    assert_fd(dx, lambda xx: m.forward(xx, xx, xx, key_padding_mask=kpm)[0], x, dout, "dx")
+    for p in (m.bias_k, m.bias_v):
+        gp = p.grad.copy()
+
+        def fp(pp, p=p):
+            old = p.data
+            p.data = pp
+            try:
+                return m.forward(x, x, x, key_padding_mask=kpm)[0]
+            finally:
+                p.data = old
+
+        assert_fd(gp, fp, p.data, dout, "d bias_k / bias_v")
 
 
 # ----------------------------------------------------------------------------- transformer layers

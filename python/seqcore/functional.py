@@ -582,7 +582,7 @@ def _split_heads(a, part, nparts, N, batch_first):
 def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_bias, out_proj_weight, out_proj_bias,
                          key_padding_mask=None, attn_mask=None, is_causal=False, dropout_p=0.0, need_weights=False,
                          average_attn_weights=True, batch_first=False, q_proj_weight=None, k_proj_weight=None,
-                         v_proj_weight=None, rng=None):
+                         v_proj_weight=None, rng=None, bias_k=None, bias_v=None, add_zero_attn=False):
     r"""Multi-head attention as PyTorch's ``F.multi_head_attention_forward``.
 
     query (L, B, E), key (S, B, kdim), value (S, B, vdim) (``batch_first``: (B, L, E), ...;
@@ -599,6 +599,13 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
     out** (PyTorch's MHA convention), float = added; ``is_causal`` applies the causal mask.
     When query, key and value are one object (self-attention) the three projections are one
     GEMM, and the heads are read and written in place (no split/merge copies).
+
+    PyTorch's extra keys: ``bias_k``, ``bias_v`` (E,) (or (1, 1, E)) append one learned key
+    and value to every sequence (K = [K; b_k], V = [V; b_v]); ``add_zero_attn`` then appends
+    a key and value of zeros to every head. The masks get an unmasked column for each. With
+    ``is_causal`` PyTorch's rule holds: without ``key_padding_mask`` and ``need_weights`` the
+    causal mask covers every key, the appended ones included (so most queries do not see
+    them); otherwise ``attn_mask`` (built causal if None) covers the original keys.
 
     Returns ``(out, weights, ctx)``: weights (B, L, S) averaged over heads (or (B, N, L, S)),
     None unless ``need_weights``; ctx for :func:`multi_head_attention_backward`.
@@ -663,6 +670,29 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
             kp, vp = linear(k_in, w_k, b_k), linear(v_in, w_v, b_v)
             kh, vh = _split_heads(kp, 0, 1, N, batch_first), _split_heads(vp, 0, 1, N, batch_first)
             proj = dict(qp=qp, kp=kp, vp=vp)
+    # extra keys (add_bias_kv, add_zero_attn): K and V copied with the rows appended
+    if (bias_k is None) != (bias_v is None):
+        raise ValueError("bias_k and bias_v must be given together")
+    extra = (bias_k is not None) + bool(add_zero_attn)
+    if extra:
+        ks, vs = [kh], [vh]
+        if bias_k is not None:
+            for name, bias, parts in (("bias_k", bias_k, ks), ("bias_v", bias_v, vs)):
+                b = np.asarray(bias, dtype=qh.dtype)
+                if b.size != E or b.ndim not in (1, 3):
+                    raise ValueError(f"argument '{name}' must have shape (1, 1, {E}) or ({E},), got {b.shape}")
+                parts.append(np.broadcast_to(b.reshape(N, D)[None, :, None, :], (B, N, 1, D)))
+        if add_zero_attn:
+            ks.append(np.zeros((B, N, 1, D), qh.dtype))
+            vs.append(np.zeros((B, N, 1, D), qh.dtype))
+        kh, vh = np.concatenate(ks, axis=2), np.concatenate(vs, axis=2)
+        if is_causal:
+            if key_padding_mask is None and not need_weights:
+                attn_mask = None  # as PyTorch: the causal mask over all keys, the appended ones included
+            else:  # as PyTorch: attn_mask (the causal one) over the original keys, padded
+                if attn_mask is None:
+                    attn_mask = np.triu(np.ones((L, S), bool), 1)
+                is_causal = False
     # masks -> (B, N, L, S) views (no copies of an (L, S) or (B, S) mask)
     m1, k1 = None, "block"
     if attn_mask is not None:
@@ -674,14 +704,18 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
             am = am.reshape(B, N, L, S)
         elif am.shape != (L, S):
             raise ValueError(f"argument 'attn_mask' must have shape ({L}, {S}) or ({B * N}, {L}, {S}), got {am.shape}")
-        m1 = np.broadcast_to(am, (B, N, L, S))
+        if extra:
+            am = np.concatenate([am, np.zeros(am.shape[:-1] + (extra,), am.dtype)], axis=-1)
+        m1 = np.broadcast_to(am, (B, N, L, S + extra))
     m2, k2 = None, "block"
     if key_padding_mask is not None:
         kpm = np.asarray(key_padding_mask)
         k2 = _mask_kind(kpm, "block", "key_padding_mask")
         if kpm.shape != (B, S):
             raise ValueError(f"argument 'key_padding_mask' must have shape ({B}, {S}), got {kpm.shape}")
-        m2 = np.broadcast_to(kpm[:, None, None, :], (B, N, L, S))
+        if extra:
+            kpm = np.concatenate([kpm, np.zeros((B, extra), kpm.dtype)], axis=-1)
+        m2 = np.broadcast_to(kpm[:, None, None, :], (B, N, L, S + extra))
     p = float(dropout_p)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout_p}")
@@ -701,7 +735,8 @@ def multi_head_attention(query, key, value, num_heads, in_proj_weight, in_proj_b
                w_q=w_q, w_k=w_k, w_v=w_v, has_in_bias=b_in is not None, has_out_bias=out_proj_bias is not None,
                out_proj_weight=np.asarray(out_proj_weight), N=N, batch_first=batch_first, unbatched=unbatched,
                qh=qh, kh=kh, vh=vh, heads=heads, hv=hv, lse=lse, m1=m1, k1=k1, m2=m2, k2=k2,
-               causal=bool(is_causal), scale=scale, p=p, seed=seed, **proj)
+               causal=bool(is_causal), scale=scale, p=p, seed=seed, S=S, extra=extra,
+               has_bias_kv=bias_k is not None, **proj)
     if unbatched:
         out = out[:, 0]
     return out, weights, ctx
@@ -714,8 +749,9 @@ def multi_head_attention_backward(ctx, dout):
     self-attention the total is in ``'query'`` and ``'key'``/``'value'`` are None, and when
     key is value the total for both is in ``'key'``), ``'in_proj_weight'`` (3E, E) (or
     ``'q/k/v_proj_weight'``), ``'in_proj_bias'``, ``'out_proj_weight'``, ``'out_proj_bias'``
-    (None without bias). ``dheads = dO W_o``, attention backward per head into the
-    projection gradients in place, then ``dx = dP W``, ``dW = dP^T x``, ``db = sum dP``.
+    (None without bias), and ``'bias_k'``, ``'bias_v'`` (E,) when they were given.
+    ``dheads = dO W_o``, attention backward per head into the projection gradients in place,
+    then ``dx = dP W``, ``dW = dP^T x``, ``db = sum dP``.
     """
     import numpy as np
 
@@ -731,10 +767,26 @@ def multi_head_attention_backward(ctx, dout):
     g = {"out_proj_weight": dwo, "out_proj_bias": dbo, "query": None, "key": None, "value": None}
     args = (ctx["m1"], ctx["k1"], ctx["m2"], ctx["k2"], ctx["causal"], ctx["scale"], ctx["p"], ctx["seed"])
     hb = ctx["has_in_bias"]
+    S, extra = ctx["S"], ctx["extra"]
+
+    def attn_backward(dq_v, dk_v, dv_v):
+        if not extra:
+            _core.attention_backward(dhv, ctx["qh"], ctx["kh"], ctx["vh"], ctx["hv"], ctx["lse"], *args,
+                                     dq_v, dk_v, dv_v)
+            return
+        # gradients of the extended K and V; the rows of the original keys go to the projections
+        dke, dve = np.empty_like(ctx["kh"]), np.empty_like(ctx["vh"])
+        _core.attention_backward(dhv, ctx["qh"], ctx["kh"], ctx["vh"], ctx["hv"], ctx["lse"], *args, dq_v, dke, dve)
+        dk_v[...] = dke[:, :, :S]
+        dv_v[...] = dve[:, :, :S]
+        if ctx["has_bias_kv"]:
+            g["bias_k"] = dke[:, :, S].sum(axis=0).reshape(-1)
+            g["bias_v"] = dve[:, :, S].sum(axis=0).reshape(-1)
+
     if "qkv" in ctx:
         dqkv = np.empty_like(ctx["qkv"])
         views = [_split_heads(dqkv, i, 3, N, bf) for i in range(3)]
-        _core.attention_backward(dhv, ctx["qh"], ctx["kh"], ctx["vh"], ctx["hv"], ctx["lse"], *args, *views)
+        attn_backward(*views)
         w_in = np.concatenate([ctx["w_q"], ctx["w_k"], ctx["w_v"]])
         dx, dw, db = linear_backward(dqkv, ctx["q_in"], w_in, need_bias=hb)
         g.update(query=dx, in_proj_weight=dw, in_proj_bias=db)
@@ -747,7 +799,7 @@ def multi_head_attention_backward(ctx, dout):
         else:
             dkp, dvp = np.empty_like(ctx["kp"]), np.empty_like(ctx["vp"])
             dk_v, dv_v = _split_heads(dkp, 0, 1, N, bf), _split_heads(dvp, 0, 1, N, bf)
-        _core.attention_backward(dhv, ctx["qh"], ctx["kh"], ctx["vh"], ctx["hv"], ctx["lse"], *args, dq_v, dk_v, dv_v)
+        attn_backward(dq_v, dk_v, dv_v)
         dxq, dwq, dbq = linear_backward(dqp, ctx["q_in"], ctx["w_q"], need_bias=hb)
         if "kvp" in ctx:
             w_kv = np.concatenate([ctx["w_k"], ctx["w_v"]])

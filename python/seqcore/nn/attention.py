@@ -18,7 +18,9 @@ class MultiheadAttention(Module):
     ``v_proj_weight`` (E, vdim) when kdim/vdim differ from E), ``in_proj_bias`` (3E,) = 0,
     ``out_proj.weight`` (E, E) (``Linear``'s init), ``out_proj.bias`` = 0. ``dropout`` applies
     to the attention weights in training mode (a counter-based mask, regenerated in
-    backward). ``add_bias_kv`` and ``add_zero_attn`` are not supported.
+    backward). ``add_bias_kv``: ``bias_k``, ``bias_v`` (1, 1, E), Xavier-normal, appended as
+    one more key and value of every sequence; ``add_zero_attn``: a key and value of zeros
+    appended to every head (see :func:`seqcore.functional.multi_head_attention`).
 
     ``forward(query, key, value, key_padding_mask=None, need_weights=False, attn_mask=None,
     average_attn_weights=True, is_causal=False)`` -> ``(attn_output, attn_weights or None)``;
@@ -38,8 +40,6 @@ class MultiheadAttention(Module):
         E, N = int(embed_dim), int(num_heads)
         if E < 1 or N < 1 or E % N:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("MultiheadAttention: add_bias_kv and add_zero_attn are not supported")
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.embed_dim, self.num_heads, self.head_dim = E, N, E // N
@@ -61,6 +61,14 @@ class MultiheadAttention(Module):
             for p in (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight):
                 init.xavier_uniform_(p, rng=rng)
         self.in_proj_bias = Parameter(np.zeros(3 * E, dtype)) if bias else None
+        if add_bias_kv:
+            self.bias_k = Parameter(np.empty((1, 1, E), dtype))
+            self.bias_v = Parameter(np.empty((1, 1, E), dtype))
+            init.xavier_normal_(self.bias_k, rng=rng)
+            init.xavier_normal_(self.bias_v, rng=rng)
+        else:
+            self.bias_k = self.bias_v = None
+        self.add_zero_attn = bool(add_zero_attn)
         self.out_proj = Linear(E, E, bias=bias, dtype=dtype, rng=rng)
         if bias:
             init.zeros_(self.out_proj.bias)
@@ -81,7 +89,9 @@ class MultiheadAttention(Module):
             query, key, value, self.num_heads, None if self.in_proj_weight is None else self.in_proj_weight.data,
             wb, self.out_proj.weight.data, ob, key_padding_mask=key_padding_mask, attn_mask=attn_mask,
             is_causal=is_causal, dropout_p=p, need_weights=need_weights, average_attn_weights=average_attn_weights,
-            batch_first=self.batch_first, rng=self._rng, **sep)
+            batch_first=self.batch_first, rng=self._rng, add_zero_attn=self.add_zero_attn,
+            bias_k=None if self.bias_k is None else self.bias_k.data,
+            bias_v=None if self.bias_v is None else self.bias_v.data, **sep)
         self._ctx = ctx
         return out, weights
 
@@ -93,6 +103,9 @@ class MultiheadAttention(Module):
             p = getattr(self, name)
             if p is not None:
                 p.grad += g[name]
+        if self.bias_k is not None:
+            self.bias_k.grad += g["bias_k"].reshape(self.bias_k.shape)
+            self.bias_v.grad += g["bias_v"].reshape(self.bias_v.shape)
         self.out_proj.weight.grad += g["out_proj_weight"]
         if self.out_proj.bias is not None:
             self.out_proj.bias.grad += g["out_proj_bias"]
