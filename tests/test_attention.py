@@ -424,18 +424,22 @@ def test_mha_finite_differences(rng):
     dx, _, _ = m.backward(dout)
     f = lambda xx: m.forward(xx, xx, xx, key_padding_mask=kpm)[0]
     assert_fd(dx, f, x, dout, "dx")
-    w = m.in_proj_weight
-    gw = w.grad.copy()
+    _assert_param_fd(m, m.in_proj_weight, x, kpm, dout, "d in_proj_weight")
 
-    def fw(ww):
-        old = w.data
-        w.data = ww
+
+def _assert_param_fd(m, p, x, kpm, dout, what):
+    """p.grad (from the last backward) against central differences of self-attention on x."""
+    gp = p.grad.copy()
+
+    def fp(pp):
+        old = p.data
+        p.data = pp
         try:
             return m.forward(x, x, x, key_padding_mask=kpm)[0]
         finally:
-            w.data = old
+            p.data = old
 
-    assert_fd(gw, fw, w.data, dout, "d in_proj_weight")
+    assert_fd(gp, fp, p.data, dout, what)
 
 
 # PyTorch's add_bias_kv (a learned key and value appended to every sequence) and add_zero_attn.
@@ -497,18 +501,8 @@ def test_mha_bias_kv_finite_differences(rng):
     dout = rng.standard_normal(out.shape)
     dx, _, _ = m.backward(dout)
     assert_fd(dx, lambda xx: m.forward(xx, xx, xx, key_padding_mask=kpm)[0], x, dout, "dx")
-    for p in (m.bias_k, m.bias_v):
-        gp = p.grad.copy()
-
-        def fp(pp, p=p):
-            old = p.data
-            p.data = pp
-            try:
-                return m.forward(x, x, x, key_padding_mask=kpm)[0]
-            finally:
-                p.data = old
-
-        assert_fd(gp, fp, p.data, dout, "d bias_k / bias_v")
+    _assert_param_fd(m, m.bias_k, x, kpm, dout, "d bias_k")
+    _assert_param_fd(m, m.bias_v, x, kpm, dout, "d bias_v")
 
 
 # ----------------------------------------------------------------------------- transformer layers
