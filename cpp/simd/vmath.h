@@ -238,14 +238,14 @@ inline Vec<float>::R gelu_tanh(Vec<float>::R x) {
   const V::R k2_hi = V::set1(float(k2)), k2_lo = V::set1(float(k2 - double(float(k2))));
   const V::R c_hi = V::set1(float(c)), c_lo = V::set1(float(c - double(float(c))));
   const V::R one = V::set1(1.0f), zero = V::zero();
-  V::R x2 = V::mul(x, x), x2lo = V::fma(x, x, V::sub(zero, x2));
+  V::R x2 = V::mul(x, x), x2lo = V::fms(x, x, x2);
   V::R t = V::mul(c_hi, x2);
-  V::R tlo = V::add(V::fma(c_hi, x2, V::sub(zero, t)), V::fma(c_hi, x2lo, V::mul(c_lo, x2)));
+  V::R tlo = V::add(V::fms(c_hi, x2, t), V::fma(c_hi, x2lo, V::mul(c_lo, x2)));
   V::R w = V::add(one, t), bb = V::sub(w, one);
   V::R wlo = V::add(V::add(V::sub(one, V::sub(w, bb)), V::sub(t, bb)), tlo);
-  V::R v = V::mul(k2_hi, x), vlo = V::fma(k2_lo, x, V::fma(k2_hi, x, V::sub(zero, v)));
+  V::R v = V::mul(k2_hi, x), vlo = V::fma(k2_lo, x, V::fms(k2_hi, x, v));
   V::R a = V::mul(v, w);
-  V::R alo = V::add(V::fma(v, w, V::sub(zero, a)), V::fma(v, wlo, V::mul(vlo, w)));
+  V::R alo = V::add(V::fms(v, w, a), V::fma(v, wlo, V::mul(vlo, w)));
   alo = V::select(V::gt(V::abs(x), V::set1(1e4f)), zero, alo);  // far out 2u overflows; sigmoid is 0 or 1
   return mul_sigmoid2(x, a, alo);
 }
