@@ -29,6 +29,11 @@ def _grad_array(a, name, dtype):
     return arr.astype(dtype, copy=False)
 
 
+def _suffix(layer, d):
+    """PyTorch's parameter-name suffix of a layer and direction: ``_l{layer}[_reverse]``."""
+    return f"_l{layer}" + ("_reverse" if d else "")
+
+
 class RNNBase(Module):
     """Multi-layer, optionally bidirectional recurrent layer (see RNN, LSTM, GRU).
 
@@ -70,7 +75,7 @@ class RNNBase(Module):
         for layer in range(self.num_layers):
             in_size = self.input_size if layer == 0 else HS * self.num_directions
             for d in range(self.num_directions):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                sfx = _suffix(layer, d)
                 u = lambda *shape: self._rng.uniform(-k, k, size=shape).astype(dtype)
                 setattr(self, "weight_ih" + sfx, Parameter(u(G * H, in_size)))
                 setattr(self, "weight_hh" + sfx, Parameter(u(G * H, HS)))
@@ -99,7 +104,7 @@ class RNNBase(Module):
         return s
 
     def _weights(self, layer, d):
-        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        sfx = _suffix(layer, d)
         w = [getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)]
         if self.bias:
             w += [getattr(self, "bias_ih" + sfx), getattr(self, "bias_hh" + sfx)]
@@ -110,7 +115,7 @@ class RNNBase(Module):
     def _proj(self, layer, d):
         if not self.proj_size:
             return None
-        return getattr(self, f"weight_hr_l{layer}" + ("_reverse" if d else ""))
+        return getattr(self, "weight_hr" + _suffix(layer, d))
 
     # ------------------------------------------------------------------ forward
     def _split_hx(self, hx, B, dtype):
