@@ -92,8 +92,9 @@ void layer_norm_forward(const T* x, const T* w, const T* b, int64_t M, int64_t F
       for (j = 0; j < F; j += W) {
         const int cnt = int(std::min<int64_t>(W, F - j));
         auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
-        if (w) xh = V::mul(xh, V::load_n(w + j, cnt));
-        if (b) xh = V::add(xh, V::load_n(b + j, cnt));
+        if (w && b) xh = V::fma(xh, V::load_n(w + j, cnt), V::load_n(b + j, cnt));
+        else if (w) xh = V::mul(xh, V::load_n(w + j, cnt));
+        else if (b) xh = V::add(xh, V::load_n(b + j, cnt));
         if (nt_row && cnt == W) V::stream(yr + j, xh);
         else V::store_n(yr + j, xh, cnt);
       }
@@ -143,8 +144,13 @@ void layer_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
         auto gy = V::load_n(g + j, cnt);
         auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
         if (partial) {
-          V::store_n(cdw + j, V::fma(gy, xh, V::load_n(cdw + j, cnt)), cnt);
-          V::store_n(cdb + j, V::add(gy, V::load_n(cdb + j, cnt)), cnt);
+          if (cnt == W) {
+            V::store(cdw + j, V::fma(gy, xh, V::load(cdw + j)));
+            V::store(cdb + j, V::add(gy, V::load(cdb + j)));
+          } else {
+            V::store_n(cdw + j, V::fma(gy, xh, V::load_n(cdw + j, cnt)), cnt);
+            V::store_n(cdb + j, V::add(gy, V::load_n(cdb + j, cnt)), cnt);
+          }
         }
         auto gw = w ? V::mul(gy, V::load_n(w + j, cnt)) : gy;
         s_g = V::add(s_g, gw);
@@ -152,14 +158,16 @@ void layer_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
       }
       if (!d) continue;
       const bool nt_row = stream && (reinterpret_cast<uintptr_t>(d) % sizeof(typename V::R)) == 0;
-      const T inv_f = T(1) / T(F);
-      const auto a = V::set1(V::reduce_add(s_g) * inv_f), c = V::set1(V::reduce_add(s_gx) * inv_f);
+      // dx = rs (gw - a - xhat c) = gw rs + ((x - mu) k1 + k0) with k1 = -rs^2 c, k0 = -rs a:
+      // two FMAs after the subtraction (x - mu stays exact where x is far from zero).
+      const T inv_f = T(1) / T(F), rs = rstd[i];
+      const T a = V::reduce_add(s_g) * inv_f, c = V::reduce_add(s_gx) * inv_f;
+      const auto k1 = V::set1(-rs * rs * c), k0 = V::set1(-rs * a);
       for (int64_t j = 0; j < F; j += W) {
         const int cnt = int(std::min<int64_t>(W, F - j));
         auto gy = V::load_n(g + j, cnt);
         auto gw = w ? V::mul(gy, V::load_n(w + j, cnt)) : gy;
-        auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
-        auto val = V::mul(vrs, V::sub(V::sub(gw, a), V::mul(xh, c)));
+        auto val = V::fma(gw, vrs, V::fma(V::sub(V::load_n(xr + j, cnt), vmu), k1, k0));
         if (nt_row && cnt == W) V::stream(d + j, val);
         else V::store_n(d + j, val, cnt);
       }
