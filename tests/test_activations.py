@@ -780,6 +780,20 @@ def test_softmax_bitwise_1_vs_2_threads(name, fwd, bwd, twin, twin_bwd, dtype, r
         assert_thread_invariant(lambda: bwd(dy, y, axis))
 
 
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_large_output_streams(log, rng):
+    """Outputs of 16 MiB or more are written with non-temporal stores, rows starting off the
+    64-byte grid (odd row length): the same bits as the normal-store path (a few rows at a
+    time), the twin's values, and the same bits on 1 and 2 threads."""
+    x = (4.0 * rng.standard_normal((4099, 1025))).astype(np.float32)
+    fwd, twin = (F.log_softmax, R.log_softmax) if log else (F.softmax, R.softmax)
+    y = fwd(x)
+    for rows in (slice(0, 16), slice(2000, 2013), slice(4090, 4099)):
+        np.testing.assert_array_equal(y[rows], fwd(x[rows]))
+    assert_close(y, twin(x.astype(np.float64)), "softmax", np.float32)
+    assert_thread_invariant(lambda: fwd(x))
+
+
 # ----------------------------------------------------------------------------- bad input fuzz
 
 ACT_FUZZ = """

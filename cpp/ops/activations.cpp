@@ -17,6 +17,7 @@ namespace SEQCORE_ISA {
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;  // elements per parallel work item
+thread_local Scratch tls_row;     // softmax: a row of exponentials when the output streams
 
 inline int pool_threads(int64_t items) {
   if (omp_in_parallel() || items <= 1) return 1;
@@ -210,8 +211,27 @@ void prelu_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int64_t o
 
 namespace {
 
-// One softmax row of n contiguous elements.
-template <class T> void softmax_row(bool log, const T* x, T* y, int64_t n) {
+// Writes y[0:n) = val(i, cnt) (the vector of elements i .. i + cnt): with NT, non-temporal
+// stores from the first 64-byte boundary on (masked head and tail), else normal stores.
+template <class V, bool NT, class F> inline void put_row(typename V::T* y, int64_t n, F val) {
+  constexpr int W = V::W;
+  int64_t i = 0;
+  if (NT)
+    if (int64_t head = until_aligned<typename V::T, typename V::R>(y, n)) {
+      V::store_n(y, val(0, int(head)), int(head));
+      i = head;
+    }
+  for (; i + W <= n; i += W) {
+    if constexpr (NT) V::stream(y + i, val(i, W));
+    else V::store(y + i, val(i, W));
+  }
+  if (i < n) V::store_n(y + i, val(i, int(n - i)), int(n - i));
+}
+
+// One softmax row of n contiguous elements. NT: y is written with non-temporal stores, and
+// the exponentials wait in buf (n elements, in cache) rather than in y, whose lines a normal
+// store would first read from memory.
+template <class T, bool NT> void softmax_row(bool log, const T* x, T* y, int64_t n, T* buf) {
   using V = Vec<T>;
   constexpr int W = V::W;
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -226,35 +246,34 @@ template <class T> void softmax_row(bool log, const T* x, T* y, int64_t n) {
   T tail = T(0);
   i = 0;
   if (!log) {
+    T* e = NT ? buf : y;
     for (; i + W <= n; i += W) {
-      auto e = vm::exp(V::sub(V::load(x + i), vmax));
-      V::store(y + i, e);
-      vs = V::add(vs, e);
+      auto v = vm::exp(V::sub(V::load(x + i), vmax));
+      V::store(e + i, v);
+      vs = V::add(vs, v);
     }
     if (i < n) {
       int cnt = int(n - i);
-      auto e = vm::exp(V::sub(V::load_n(x + i, cnt), vmax));
-      V::store_n(y + i, e, cnt);
-      tail = V::reduce_add(V::load_n(y + i, cnt));  // lanes past n load as 0
+      auto v = vm::exp(V::sub(V::load_n(x + i, cnt), vmax));
+      V::store_n(e + i, v, cnt);
+      tail = V::reduce_add(V::load_n(e + i, cnt));  // lanes past n load as 0
     }
     T sum = V::reduce_add(vs) + tail;
     auto inv = V::set1(T(1) / sum);
-    for (i = 0; i + W <= n; i += W) V::store(y + i, V::mul(V::load(y + i), inv));
-    if (i < n) { int cnt = int(n - i); V::store_n(y + i, V::mul(V::load_n(y + i, cnt), inv), cnt); }
+    put_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::mul(V::load_n(e + j, cnt), inv); });
   } else {
     for (; i + W <= n; i += W) vs = V::add(vs, vm::exp(V::sub(V::load(x + i), vmax)));
     if (i < n) {
       int cnt = int(n - i);
-      alignas(64) T buf[V::W];
-      V::store(buf, vm::exp(V::sub(V::load_n(x + i, cnt), vmax)));
-      for (int l = 0; l < cnt; ++l) tail += buf[l];
+      alignas(64) T tb[V::W];
+      V::store(tb, vm::exp(V::sub(V::load_n(x + i, cnt), vmax)));
+      for (int l = 0; l < cnt; ++l) tail += tb[l];
     }
     T sum = V::reduce_add(vs) + tail;
     // (x - max) - log(sum), not x - (max + log(sum)): max + log(sum) would round at the
     // magnitude of max and cost every output that rounding error.
     auto vl = V::set1(std::log(sum));
-    for (i = 0; i + W <= n; i += W) V::store(y + i, V::sub(V::sub(V::load(x + i), vmax), vl));
-    if (i < n) { int cnt = int(n - i); V::store_n(y + i, V::sub(V::sub(V::load_n(x + i, cnt), vmax), vl), cnt); }
+    put_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::sub(V::sub(V::load_n(x + j, cnt), vmax), vl); });
   }
 }
 
@@ -286,8 +305,23 @@ template <class T> void softmax_forward(bool log, const T* x, T* y, int64_t oute
   constexpr int W = V::W;
   if (outer == 0 || n == 0 || inner == 0) return;
   if (inner == 1) {
-#pragma omp parallel for num_threads(pool_threads(outer * n / kGrain + 1)) schedule(static)
-    for (int64_t o = 0; o < outer; ++o) softmax_row<T>(log, x + o * n, y + o * n, n);
+    // Large outputs stream (see kStreamBytes); the scratch row stays in L1/L2. Measured on
+    // one thread at (16384, 1024) float32: softmax 1.11x, log_softmax 1.37x faster.
+    const bool nt = double(outer) * double(n) * sizeof(T) >= double(kStreamBytes) && x != y;
+#pragma omp parallel num_threads(pool_threads(outer * n / kGrain + 1))
+    {
+      T* buf = nullptr;
+      if (nt && !log) {
+        try { buf = tls_row.get<T>(size_t(n)); } catch (const std::bad_alloc&) { buf = nullptr; }
+      }
+      const bool stream = nt && (log || buf);
+#pragma omp for schedule(static) nowait
+      for (int64_t o = 0; o < outer; ++o) {
+        if (stream) softmax_row<T, true>(log, x + o * n, y + o * n, n, buf);
+        else softmax_row<T, false>(log, x + o * n, y + o * n, n, nullptr);
+      }
+      if (stream) stream_fence();
+    }
     return;
   }
   int64_t iblocks = (inner + W - 1) / W;
