@@ -10,6 +10,7 @@
 #include "gemm/gemm.h"
 #include "simd/vec.h"
 #include "simd/vmath.h"
+#include "simd/workspace.h"
 
 namespace seqcore {
 namespace SEQCORE_ISA {
@@ -108,28 +109,35 @@ inline void lstm_rows(const StepCtx<T>& s, T* const* z, const int64_t* b, int64_
   using V = Vec<T>;
   using R = typename V::R;
   const int64_t H = s.L->H;
-  R i[RG], f[RG], g[RG], o[RG], cn[RG], h[RG];
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) i[k] = vm::sigmoid<V>(V::load_n(z[k] + u, cnt));
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) f[k] = vm::sigmoid<V>(V::load_n(z[k] + ub + u, cnt));
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) g[k] = vm::tanh(V::load_n(z[k] + 2 * ub + u, cnt));
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) o[k] = vm::sigmoid<V>(V::load_n(z[k] + 3 * ub + u, cnt));
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) cn[k] = V::fma(f[k], V::load_n(s.c_prev + b[k] * H + u0 + u, cnt), V::mul(i[k], g[k]));
-#pragma GCC unroll 4
-  for (int k = 0; k < RG; ++k) h[k] = V::mul(o[k], vm::tanh(cn[k]));
+  // Stage by stage over the RG rows, keeping few vectors live (i g, then the new cell): with
+  // i, f, g, o of every row live at once the vector math spilled to the stack.
+  R a[RG];
 #pragma GCC unroll 4
   for (int k = 0; k < RG; ++k) {
-    V::store_n(z[k] + u, i[k], cnt);
-    V::store_n(z[k] + ub + u, f[k], cnt);
-    V::store_n(z[k] + 2 * ub + u, g[k], cnt);
-    V::store_n(z[k] + 3 * ub + u, o[k], cnt);
-    V::store_n(s.c_next + b[k] * H + u0 + u, cn[k], cnt);
-    V::store_n(s.h_next + b[k] * H + u0 + u, h[k], cnt);
-    if (write_y) V::store_n(s.y + b[k] * H + u0 + u, h[k], cnt);
+    const R i = vm::sigmoid<V>(V::load_n(z[k] + u, cnt));
+    V::store_n(z[k] + u, i, cnt);
+    a[k] = i;
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    const R g = vm::tanh(V::load_n(z[k] + 2 * ub + u, cnt));
+    V::store_n(z[k] + 2 * ub + u, g, cnt);
+    a[k] = V::mul(a[k], g);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    const R f = vm::sigmoid<V>(V::load_n(z[k] + ub + u, cnt));
+    V::store_n(z[k] + ub + u, f, cnt);
+    a[k] = V::fma(f, V::load_n(s.c_prev + b[k] * H + u0 + u, cnt), a[k]);  // c' = f c + i g
+    V::store_n(s.c_next + b[k] * H + u0 + u, a[k], cnt);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < RG; ++k) {
+    const R o = vm::sigmoid<V>(V::load_n(z[k] + 3 * ub + u, cnt));
+    V::store_n(z[k] + 3 * ub + u, o, cnt);
+    const R h = V::mul(o, vm::tanh(a[k]));
+    V::store_n(s.h_next + b[k] * H + u0 + u, h, cnt);
+    if (write_y) V::store_n(s.y + b[k] * H + u0 + u, h, cnt);
   }
 }
 
@@ -303,16 +311,51 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   ep.tile_fn = &step_tile<T>;
   ep.tile_ctx = &ctx;
   if (gru && has_bias) ep.bias = bh;
-  for (int64_t st = 0; st < T_; ++st) {
-    ctx.step = st;
-    ctx.h_prev = state(st);
-    ctx.h_next = state(st + 1);
-    ctx.c_prev = cell(st);
-    ctx.c_next = cell(st + 1);
+  auto set_step = [&](StepCtx<T>& c, int64_t st) {
+    c.step = st;
+    c.h_prev = state(st);
+    c.h_next = state(st + 1);
+    c.c_prev = cell(st);
+    c.c_next = cell(st + 1);
     T* y_st = yout + st * BS;
-    ctx.y = (!s.reverse && y_st == state(st + 1)) ? state(st + 1) : y_st;
-    ctx.zx = zx + st * B * N;
-    ctx.hn = (gru && training) ? a.hn + st * BH : nullptr;
+    c.y = (!s.reverse && y_st == state(st + 1)) ? state(st + 1) : y_st;
+    c.zx = zx + st * B * N;
+    c.hn = (gru && training) ? a.hn + st * BH : nullptr;
+  };
+  // Steps too small to split (each step's product would run on one thread) in a recurrence
+  // that deserves more: one team for all steps, each thread on a fixed range of gate-column
+  // blocks, a barrier per step (a fork-join per step costs several microseconds here, a
+  // barrier about one). gemm_packed_cols gives each block exactly what gemm_packed gives it,
+  // so the results do not depend on the path or the thread count.
+  const int64_t nblk = (N + L.NR - 1) / L.NR;
+  const double step_flops = 2.0 * double(B) * double(HS) * double(N);
+  const int team = (P == 0 && T_ > 1 && gemm_threads<T>(step_flops) == 1)
+                       ? int(std::min<int64_t>(gemm_threads<T>(step_flops * double(T_)), nblk))
+                       : 1;
+  if (team > 1) {
+    FirstError err;
+#pragma omp parallel num_threads(team)
+    {
+      const int p = omp_get_thread_num(), parts = omp_get_num_threads();
+      const int64_t c0 = std::min(N, nblk * p / parts * L.NR), c1 = std::min(N, nblk * (p + 1) / parts * L.NR);
+      StepCtx<T> mine = ctx;
+      Epilogue<T> my_ep = ep;
+      my_ep.tile_ctx = &mine;
+      for (int64_t st = 0; st < T_; ++st) {
+        set_step(mine, st);
+        if (c0 < c1)
+          err.run([&] {
+            if (gru) gemm_packed_cols<T>(false, B, N, c0, c1, HS, T(1), state(st), HS, packed, T(0), zh, N, &my_ep);
+            else gemm_packed_cols<T>(false, B, N, c0, c1, HS, T(1), state(st), HS, packed, T(1), zx + st * B * N, N, &my_ep);
+          });
+#pragma omp barrier
+      }
+    }
+    err.rethrow();
+  }
+  for (int64_t st = 0; team == 1 && st < T_; ++st) {
+    set_step(ctx, st);
+    T* y_st = yout + st * BS;
     T* ht = P ? (training ? a.htilde + st * BH : ht_step) : nullptr;
     if (P) ctx.h_next = ctx.y = ht;  // the epilogue writes h~; h and y come from the projection
     if (gru)
