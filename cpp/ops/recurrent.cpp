@@ -439,7 +439,105 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
     return (sizeof(T) == 4 && plain < 1e-30 && std::isfinite(scaled)) ? scaled * 0x1p-120 : plain;
   };
 
-  for (int64_t st = T_ - 1; st >= 0; --st) {
+  // The fused pointwise pass of one row b of step st (see the step loop).
+  auto gate_row = [&](int64_t st, int64_t b) {
+    T* dzx_r = dzx + (st * B + b) * N;
+    T* dzh_r = dzh + (st * B + b) * N;
+    T* dhb = P ? dht + b * H : dh + b * H;
+    if (s.lengths && st >= s.lengths[b]) {  // frozen: gradients pass straight through
+      std::memset(dzx_r, 0, size_t(N) * sizeof(T));
+      if (gru) std::memset(dzh_r, 0, size_t(N) * sizeof(T));
+      sq[st * B + b] = 0.0;
+      return;
+    }
+    const T* dyb = dyin && !P ? dyin + (st * B + b) * H : nullptr;
+    const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
+    R acc = V::zero(), accs = V::zero();
+    for (int64_t blk = 0; blk < L.nblk; ++blk) {
+      const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
+      if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
+        std::memset(dzx_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
+        std::memset(dzh_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
+      }
+      for (int64_t u = 0; u < ub; u += W) {
+        const int cnt = int(std::min<int64_t>(W, ub - u));
+        const int64_t hu = b * H + u0 + u;
+        R d = V::load_n(dhb + u0 + u, cnt);
+        if (dyb) d = V::add(d, V::load_n(dyb + u0 + u, cnt));
+        if (!P) squares(d, acc, accs);
+        if (lstm) {
+          const T* g = gb + c0;
+          R i = V::load_n(g + u, cnt), f = V::load_n(g + ub + u, cnt);
+          R gg = V::load_n(g + 2 * ub + u, cnt), o = V::load_n(g + 3 * ub + u, cnt);
+          R ct = V::load_n(a.cells + (st + 1) * BH + hu, cnt);
+          R cp = V::load_n(a.cells + st * BH + hu, cnt);
+          R tc = vm::tanh(ct);
+          R dcv = V::fma(V::mul(d, o), V::fnma(tc, tc, one), V::load_n(dc + hu, cnt));
+          R d_o = V::mul(d, tc);
+          T* dz = dzx_r + c0;
+          V::store_n(dz + u, V::mul(V::mul(dcv, gg), V::mul(i, V::sub(one, i))), cnt);
+          V::store_n(dz + ub + u, V::mul(V::mul(dcv, cp), V::mul(f, V::sub(one, f))), cnt);
+          V::store_n(dz + 2 * ub + u, V::mul(V::mul(dcv, i), V::fnma(gg, gg, one)), cnt);
+          V::store_n(dz + 3 * ub + u, V::mul(d_o, V::mul(o, V::sub(one, o))), cnt);
+          V::store_n(dc + hu, V::mul(dcv, f), cnt);
+          V::store_n(dhb + u0 + u, V::zero(), cnt);
+        } else if (gru) {
+          const T* g = gb + c0;
+          R r = V::load_n(g + u, cnt), z = V::load_n(g + ub + u, cnt), n = V::load_n(g + 2 * ub + u, cnt);
+          R hp = V::load_n(a.states + st * BH + hu, cnt);
+          R zhn = V::load_n(a.hn + st * BH + hu, cnt);
+          R dn = V::mul(d, V::sub(one, z));
+          R dzn = V::mul(dn, V::fnma(n, n, one));
+          R dzr = V::mul(V::mul(dzn, zhn), V::mul(r, V::sub(one, r)));
+          R dzz = V::mul(V::mul(d, V::sub(hp, n)), V::mul(z, V::sub(one, z)));
+          T* dx_ = dzx_r + c0;
+          T* dh_ = dzh_r + c0;
+          V::store_n(dx_ + u, dzr, cnt);
+          V::store_n(dx_ + ub + u, dzz, cnt);
+          V::store_n(dx_ + 2 * ub + u, dzn, cnt);
+          V::store_n(dh_ + u, dzr, cnt);
+          V::store_n(dh_ + ub + u, dzz, cnt);
+          V::store_n(dh_ + 2 * ub + u, V::mul(dzn, r), cnt);
+          V::store_n(dhb + u0 + u, V::mul(d, z), cnt);
+        } else {
+          R h = V::load_n(a.states + (st + 1) * BH + hu, cnt);
+          R dz = s.cell == Cell::rnn_tanh ? V::mul(d, V::fnma(h, h, one))
+                                          : V::select(V::gt(h, V::zero()), d, V::zero());
+          V::store_n(dzx_r + c0 + u, dz, cnt);
+          V::store_n(dhb + u0 + u, V::zero(), cnt);
+        }
+      }
+    }
+    if (!P) sq[st * B + b] = norm_sq(acc, accs);
+  };
+
+  // As in forward: steps too small to split in a recurrence worth more threads run on one
+  // team, rows of the pointwise pass and column blocks of dh's product shared out, two
+  // barriers per step. Same arithmetic per row and per block as the path below.
+  const int64_t nblk_h = (HS + L.NR - 1) / L.NR;
+  const double step_flops = 2.0 * double(B) * double(HS) * double(N);
+  const int team = (P == 0 && T_ > 1 && gemm_threads<T>(step_flops) == 1)
+                       ? int(std::min<int64_t>(gemm_threads<T>(step_flops * double(T_)), std::min(nblk_h, B)))
+                       : 1;
+  if (team > 1) {
+    FirstError err;
+#pragma omp parallel num_threads(team)
+    {
+      const int p = omp_get_thread_num(), parts = omp_get_num_threads();
+      const int64_t c0 = std::min(HS, nblk_h * p / parts * L.NR), c1 = std::min(HS, nblk_h * (p + 1) / parts * L.NR);
+      for (int64_t st = T_ - 1; st >= 0; --st) {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; ++b) gate_row(st, b);
+        if (c0 < c1)
+          err.run([&] {
+            gemm_packed_cols<T>(false, B, HS, c0, c1, N, T(1), dzh + st * B * N, N, packed, T(1), dh, HS, nullptr);
+          });
+#pragma omp barrier
+      }
+    }
+    err.rethrow();
+  }
+  for (int64_t st = T_ - 1; team == 1 && st >= 0; --st) {
     if (P) {
       // Projection: dL/dh_t (P values) = what reached h plus dy, kept for dW_hr; then
       // dL/dh~_t = dL/dh_t W_hr feeds the gate pass. Frozen rows carry dh unchanged.
@@ -466,76 +564,7 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
     // Fused pointwise pass: gradient reaching h_t (h~_t with a projection), then dZ for every
     // gate; the direct (non-matmul) part of dh_{t-1} is left in dh for the GEMM to add to.
 #pragma omp parallel for num_threads(pool_threads(BH * 8)) schedule(static)
-    for (int64_t b = 0; b < B; ++b) {
-      T* dzx_r = dzx + (st * B + b) * N;
-      T* dzh_r = dzh + (st * B + b) * N;
-      T* dhb = P ? dht + b * H : dh + b * H;
-      if (s.lengths && st >= s.lengths[b]) {  // frozen: gradients pass straight through
-        std::memset(dzx_r, 0, size_t(N) * sizeof(T));
-        if (gru) std::memset(dzh_r, 0, size_t(N) * sizeof(T));
-        sq[st * B + b] = 0.0;
-        continue;
-      }
-      const T* dyb = dyin && !P ? dyin + (st * B + b) * H : nullptr;
-      const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
-      R acc = V::zero(), accs = V::zero();
-      for (int64_t blk = 0; blk < L.nblk; ++blk) {
-        const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
-        if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
-          std::memset(dzx_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
-          std::memset(dzh_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
-        }
-        for (int64_t u = 0; u < ub; u += W) {
-          const int cnt = int(std::min<int64_t>(W, ub - u));
-          const int64_t hu = b * H + u0 + u;
-          R d = V::load_n(dhb + u0 + u, cnt);
-          if (dyb) d = V::add(d, V::load_n(dyb + u0 + u, cnt));
-          if (!P) squares(d, acc, accs);
-          if (lstm) {
-            const T* g = gb + c0;
-            R i = V::load_n(g + u, cnt), f = V::load_n(g + ub + u, cnt);
-            R gg = V::load_n(g + 2 * ub + u, cnt), o = V::load_n(g + 3 * ub + u, cnt);
-            R ct = V::load_n(a.cells + (st + 1) * BH + hu, cnt);
-            R cp = V::load_n(a.cells + st * BH + hu, cnt);
-            R tc = vm::tanh(ct);
-            R dcv = V::fma(V::mul(d, o), V::fnma(tc, tc, one), V::load_n(dc + hu, cnt));
-            R d_o = V::mul(d, tc);
-            T* dz = dzx_r + c0;
-            V::store_n(dz + u, V::mul(V::mul(dcv, gg), V::mul(i, V::sub(one, i))), cnt);
-            V::store_n(dz + ub + u, V::mul(V::mul(dcv, cp), V::mul(f, V::sub(one, f))), cnt);
-            V::store_n(dz + 2 * ub + u, V::mul(V::mul(dcv, i), V::fnma(gg, gg, one)), cnt);
-            V::store_n(dz + 3 * ub + u, V::mul(d_o, V::mul(o, V::sub(one, o))), cnt);
-            V::store_n(dc + hu, V::mul(dcv, f), cnt);
-            V::store_n(dhb + u0 + u, V::zero(), cnt);
-          } else if (gru) {
-            const T* g = gb + c0;
-            R r = V::load_n(g + u, cnt), z = V::load_n(g + ub + u, cnt), n = V::load_n(g + 2 * ub + u, cnt);
-            R hp = V::load_n(a.states + st * BH + hu, cnt);
-            R zhn = V::load_n(a.hn + st * BH + hu, cnt);
-            R dn = V::mul(d, V::sub(one, z));
-            R dzn = V::mul(dn, V::fnma(n, n, one));
-            R dzr = V::mul(V::mul(dzn, zhn), V::mul(r, V::sub(one, r)));
-            R dzz = V::mul(V::mul(d, V::sub(hp, n)), V::mul(z, V::sub(one, z)));
-            T* dx_ = dzx_r + c0;
-            T* dh_ = dzh_r + c0;
-            V::store_n(dx_ + u, dzr, cnt);
-            V::store_n(dx_ + ub + u, dzz, cnt);
-            V::store_n(dx_ + 2 * ub + u, dzn, cnt);
-            V::store_n(dh_ + u, dzr, cnt);
-            V::store_n(dh_ + ub + u, dzz, cnt);
-            V::store_n(dh_ + 2 * ub + u, V::mul(dzn, r), cnt);
-            V::store_n(dhb + u0 + u, V::mul(d, z), cnt);
-          } else {
-            R h = V::load_n(a.states + (st + 1) * BH + hu, cnt);
-            R dz = s.cell == Cell::rnn_tanh ? V::mul(d, V::fnma(h, h, one))
-                                            : V::select(V::gt(h, V::zero()), d, V::zero());
-            V::store_n(dzx_r + c0 + u, dz, cnt);
-            V::store_n(dhb + u0 + u, V::zero(), cnt);
-          }
-        }
-      }
-      if (!P) sq[st * B + b] = norm_sq(acc, accs);
-    }
+    for (int64_t b = 0; b < B; ++b) gate_row(st, b);
     gemm_packed<T>(false, B, HS, N, T(1), dzh + st * B * N, N, packed, T(1), dh, HS, nullptr);
   }
   if (a.dh0) std::memcpy(a.dh0, dh, size_t(BS) * sizeof(T));
