@@ -322,11 +322,12 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
     c.zx = zx + st * B * N;
     c.hn = (gru && training) ? a.hn + st * BH : nullptr;
   };
-  // Steps too small to split (each step's product would run on one thread) in a recurrence
-  // that deserves more: one team for all steps, each thread on a fixed range of gate-column
-  // blocks, a barrier per step (a fork-join per step costs several microseconds here, a
-  // barrier about one). gemm_packed_cols gives each block exactly what gemm_packed gives it,
-  // so the results do not depend on the path or the thread count.
+  // Steps too small for a second thread on their own (below the GEMM's threshold) in a
+  // recurrence that deserves more: one team for all steps, each thread on a fixed range of
+  // gate-column blocks, a barrier per step. Measured, LSTM T=50 B=16 H=128 inference on 2
+  // threads: 2.48 ms one thread per step, 2.43 ms forking every step (threshold lowered),
+  // 1.84 ms with the team. gemm_packed_cols gives each block exactly what gemm_packed gives
+  // it, so the results do not depend on the path or the thread count.
   const int64_t nblk = (N + L.NR - 1) / L.NR;
   const double step_flops = 2.0 * double(B) * double(HS) * double(N);
   const int team = (P == 0 && T_ > 1 && gemm_threads<T>(step_flops) == 1)

@@ -139,7 +139,7 @@ def suite_rnn(cfg):
         small = [("LSTM", 50, 16, 128)]
     for kind, T, B, H in sizes + small:
         yield _rnn_train_case(cfg, kind, T, B, H)
-    for kind, T, B, H in sizes[:1] + small:
+    for kind, T, B, H in sizes + small:  # issue 3: inference at the same configs, all three cells
         yield _rnn_infer_case(cfg, kind, T, B, H)
     yield _cell_step_case(cfg, 32 if cfg.quick else 256)
 
