@@ -224,6 +224,20 @@ void step_tile(void* vctx, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb
   if (n) flush(n);
 }
 
+// Threads for the one-team path of small steps (recurrent_forward): 1 unless a step alone stays
+// on one thread while the whole recurrence deserves more; at most `units`, the pieces a step
+// is shared out in.
+template <class T> int small_step_team(bool eligible, int64_t steps, double step_flops, int64_t units) {
+  if (!eligible || steps < 2 || gemm_threads<T>(step_flops) != 1) return 1;
+  return int(std::min<int64_t>(gemm_threads<T>(step_flops * double(steps)), units));
+}
+// Columns [c0, c1) of team member p of parts: blocks of nr of the n columns, in order.
+inline void team_cols(int64_t n, int64_t nr, int p, int parts, int64_t* c0, int64_t* c1) {
+  const int64_t nblk = (n + nr - 1) / nr;
+  *c0 = std::min(n, nblk * p / parts * nr);
+  *c1 = std::min(n, nblk * (p + 1) / parts * nr);
+}
+
 // Workspace carving: a bump allocator over the caller's buffer (64-byte aligned pieces).
 template <class T> struct Carve {
   T* p;
@@ -328,17 +342,13 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   // threads: 2.48 ms one thread per step, 2.43 ms forking every step (threshold lowered),
   // 1.84 ms with the team. gemm_packed_cols gives each block exactly what gemm_packed gives
   // it, so the results do not depend on the path or the thread count.
-  const int64_t nblk = (N + L.NR - 1) / L.NR;
-  const double step_flops = 2.0 * double(B) * double(HS) * double(N);
-  const int team = (P == 0 && T_ > 1 && gemm_threads<T>(step_flops) == 1)
-                       ? int(std::min<int64_t>(gemm_threads<T>(step_flops * double(T_)), nblk))
-                       : 1;
+  const int team = small_step_team<T>(P == 0, T_, 2.0 * double(B) * double(HS) * double(N), (N + L.NR - 1) / L.NR);
   if (team > 1) {
     FirstError err;
 #pragma omp parallel num_threads(team)
     {
-      const int p = omp_get_thread_num(), parts = omp_get_num_threads();
-      const int64_t c0 = std::min(N, nblk * p / parts * L.NR), c1 = std::min(N, nblk * (p + 1) / parts * L.NR);
+      int64_t c0, c1;
+      team_cols(N, L.NR, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
       StepCtx<T> mine = ctx;
       Epilogue<T> my_ep = ep;
       my_ep.tile_ctx = &mine;
@@ -515,17 +525,14 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   // As in forward: steps too small to split in a recurrence worth more threads run on one
   // team, rows of the pointwise pass and column blocks of dh's product shared out, two
   // barriers per step. Same arithmetic per row and per block as the path below.
-  const int64_t nblk_h = (HS + L.NR - 1) / L.NR;
-  const double step_flops = 2.0 * double(B) * double(HS) * double(N);
-  const int team = (P == 0 && T_ > 1 && gemm_threads<T>(step_flops) == 1)
-                       ? int(std::min<int64_t>(gemm_threads<T>(step_flops * double(T_)), std::min(nblk_h, B)))
-                       : 1;
+  const int team = small_step_team<T>(P == 0, T_, 2.0 * double(B) * double(HS) * double(N),
+                                      std::min((HS + L.NR - 1) / L.NR, B));
   if (team > 1) {
     FirstError err;
 #pragma omp parallel num_threads(team)
     {
-      const int p = omp_get_thread_num(), parts = omp_get_num_threads();
-      const int64_t c0 = std::min(HS, nblk_h * p / parts * L.NR), c1 = std::min(HS, nblk_h * (p + 1) / parts * L.NR);
+      int64_t c0, c1;
+      team_cols(HS, L.NR, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
       for (int64_t st = T_ - 1; st >= 0; --st) {
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) gate_row(st, b);
