@@ -144,13 +144,8 @@ void layer_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
         auto gy = V::load_n(g + j, cnt);
         auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
         if (partial) {
-          if (cnt == W) {
-            V::store(cdw + j, V::fma(gy, xh, V::load(cdw + j)));
-            V::store(cdb + j, V::add(gy, V::load(cdb + j)));
-          } else {
-            V::store_n(cdw + j, V::fma(gy, xh, V::load_n(cdw + j, cnt)), cnt);
-            V::store_n(cdb + j, V::add(gy, V::load_n(cdb + j, cnt)), cnt);
-          }
+          V::store_n(cdw + j, V::fma(gy, xh, V::load_n(cdw + j, cnt)), cnt);
+          V::store_n(cdb + j, V::add(gy, V::load_n(cdb + j, cnt)), cnt);
         }
         auto gw = w ? V::mul(gy, V::load_n(w + j, cnt)) : gy;
         s_g = V::add(s_g, gw);
