@@ -129,9 +129,9 @@ def test_layer_norm_bitwise_across_threads(rng):
 
 @pytest.mark.parametrize("F_", (1024, 1000))
 def test_layer_norm_large_streams_dx(F_, rng):
-    """Past 16 MiB, forward writes y and backward dx with non-temporal stores (whole, aligned vectors; the
-    rest, rows not starting on a vector boundary when F_ = 1000 and the row tails, normally):
-    same values as the twin, same bits for 1 and 2 threads."""
+    """Past 16 MiB, forward writes y and backward dx with non-temporal stores from each row's first
+    vector boundary on (rows off the boundary when F_ = 1000: masked head and tail): same values as
+    the twin, same bits for 1 and 2 threads and as the normal-store path (a few rows at a time)."""
     x, w, b = _case(rng, (4300, F_), F_, np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     assert x.nbytes >= 16 << 20
@@ -141,6 +141,10 @@ def test_layer_norm_large_streams_dx(F_, rng):
         return (y,) + tuple(F.layer_norm_backward(ctx, dy))
 
     got = assert_thread_invariant(run)
+    for rows in (slice(0, 5), slice(2001, 2010)):
+        y, ctx = F.layer_norm(x[rows], F_, w, b)
+        np.testing.assert_array_equal(got[0][rows], y)
+        np.testing.assert_array_equal(got[1][rows], F.layer_norm_backward(ctx, dy[rows])[0])
     ry, rctx = R.layer_norm(as64(x), F_, as64(w), as64(b))
     close(got[0], ry, np.float32, "y")
     for name, g, e in zip(("dx", "dweight", "dbias"), got[1:], R.layer_norm_backward(rctx, as64(dy))):

@@ -211,23 +211,6 @@ void prelu_backward(const T* dy, const T* x, const T* w, T* dx, T* dw, int64_t o
 
 namespace {
 
-// Writes y[0:n) = val(i, cnt) (the vector of elements i .. i + cnt): with NT, non-temporal
-// stores from the first 64-byte boundary on (masked head and tail), else normal stores.
-template <class V, bool NT, class F> inline void put_row(typename V::T* y, int64_t n, F val) {
-  constexpr int W = V::W;
-  int64_t i = 0;
-  if (NT)
-    if (int64_t head = until_aligned<typename V::T, typename V::R>(y, n)) {
-      V::store_n(y, val(0, int(head)), int(head));
-      i = head;
-    }
-  for (; i + W <= n; i += W) {
-    if constexpr (NT) V::stream(y + i, val(i, W));
-    else V::store(y + i, val(i, W));
-  }
-  if (i < n) V::store_n(y + i, val(i, int(n - i)), int(n - i));
-}
-
 // One softmax row of n contiguous elements. NT: y is written with non-temporal stores, and
 // the exponentials wait in buf (n elements, in cache) rather than in y, whose lines a normal
 // store would first read from memory.
@@ -260,7 +243,7 @@ template <class T, bool NT> void softmax_row(bool log, const T* x, T* y, int64_t
     }
     T sum = V::reduce_add(vs) + tail;
     auto inv = V::set1(T(1) / sum);
-    put_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::mul(V::load_n(e + j, cnt), inv); });
+    store_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::mul(V::load_n(e + j, cnt), inv); });
   } else {
     for (; i + W <= n; i += W) vs = V::add(vs, vm::exp(V::sub(V::load(x + i), vmax)));
     if (i < n) {
@@ -273,7 +256,7 @@ template <class T, bool NT> void softmax_row(bool log, const T* x, T* y, int64_t
     // (x - max) - log(sum), not x - (max + log(sum)): max + log(sum) would round at the
     // magnitude of max and cost every output that rounding error.
     auto vl = V::set1(std::log(sum));
-    put_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::sub(V::sub(V::load_n(x + j, cnt), vmax), vl); });
+    store_row<V, NT>(y, n, [&](int64_t j, int cnt) { return V::sub(V::sub(V::load_n(x + j, cnt), vmax), vl); });
   }
 }
 

@@ -88,16 +88,15 @@ void layer_norm_forward(const T* x, const T* w, const T* b, int64_t M, int64_t F
       mean[i] = mu;
       rstd[i] = rs;
       const auto vrs = V::set1(rs);
-      const bool nt_row = stream && (reinterpret_cast<uintptr_t>(yr) % sizeof(typename V::R)) == 0;
-      for (j = 0; j < F; j += W) {
-        const int cnt = int(std::min<int64_t>(W, F - j));
+      auto val = [&](int64_t j, int cnt) {
         auto xh = V::mul(V::sub(V::load_n(xr + j, cnt), vmu), vrs);
-        if (w && b) xh = V::fma(xh, V::load_n(w + j, cnt), V::load_n(b + j, cnt));
-        else if (w) xh = V::mul(xh, V::load_n(w + j, cnt));
-        else if (b) xh = V::add(xh, V::load_n(b + j, cnt));
-        if (nt_row && cnt == W) V::stream(yr + j, xh);
-        else V::store_n(yr + j, xh, cnt);
-      }
+        if (w && b) return V::fma(xh, V::load_n(w + j, cnt), V::load_n(b + j, cnt));
+        if (w) return V::mul(xh, V::load_n(w + j, cnt));
+        if (b) return V::add(xh, V::load_n(b + j, cnt));
+        return xh;
+      };
+      if (stream) store_row<V, true>(yr, F, val);
+      else store_row<V, false>(yr, F, val);
     }
     if (stream) stream_fence();
   }
@@ -152,20 +151,18 @@ void layer_norm_backward(const T* dy, const T* x, const T* mean, const T* rstd, 
         s_gx = V::fma(gw, xh, s_gx);
       }
       if (!d) continue;
-      const bool nt_row = stream && (reinterpret_cast<uintptr_t>(d) % sizeof(typename V::R)) == 0;
       // dx = rs (gw - a - xhat c) = gw rs + ((x - mu) k1 + k0) with k1 = -rs^2 c, k0 = -rs a:
       // two FMAs after the subtraction (x - mu stays exact where x is far from zero).
       const T inv_f = T(1) / T(F), rs = rstd[i];
       const T a = V::reduce_add(s_g) * inv_f, c = V::reduce_add(s_gx) * inv_f;
       const auto k1 = V::set1(-rs * rs * c), k0 = V::set1(-rs * a);
-      for (int64_t j = 0; j < F; j += W) {
-        const int cnt = int(std::min<int64_t>(W, F - j));
+      auto val = [&](int64_t j, int cnt) {
         auto gy = V::load_n(g + j, cnt);
         auto gw = w ? V::mul(gy, V::load_n(w + j, cnt)) : gy;
-        auto val = V::fma(gw, vrs, V::fma(V::sub(V::load_n(xr + j, cnt), vmu), k1, k0));
-        if (nt_row && cnt == W) V::stream(d + j, val);
-        else V::store_n(d + j, val, cnt);
-      }
+        return V::fma(gw, vrs, V::fma(V::sub(V::load_n(xr + j, cnt), vmu), k1, k0));
+      };
+      if (stream) store_row<V, true>(d, F, val);
+      else store_row<V, false>(d, F, val);
     }
     if (stream) stream_fence();
   }

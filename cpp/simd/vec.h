@@ -296,6 +296,24 @@ template <class T, class R> inline int64_t until_aligned(const T* p, int64_t lim
   return k < limit ? k : limit;
 }
 
+// Writes y[0:n) = val(i, cnt) (the vector of elements i .. i + cnt). NT: non-temporal stores
+// from the first sizeof(R) boundary on, the head before it and the tail masked (call
+// stream_fence after); else normal stores. The values, hence the bits, are the same either way.
+template <class V, bool NT, class F> inline void store_row(typename V::T* y, int64_t n, F val) {
+  constexpr int W = V::W;
+  int64_t i = 0;
+  if (NT)
+    if (int64_t head = until_aligned<typename V::T, typename V::R>(y, n)) {
+      V::store_n(y, val(0, int(head)), int(head));
+      i = head;
+    }
+  for (; i + W <= n; i += W) {
+    if constexpr (NT) V::stream(y + i, val(i, W));
+    else V::store(y + i, val(i, W));
+  }
+  if (i < n) V::store_n(y + i, val(i, int(n - i)), int(n - i));
+}
+
 // Software prefetch: in a loop over vector indices i (multiples of W), true at the one i per
 // 64-byte line, so that a prefetch issued there covers every line of a stream once.
 template <class T, int W> inline bool line_start(int64_t i) { return (i & (64 / int64_t(sizeof(T)) - 1)) < W; }
