@@ -11,7 +11,9 @@ same case on A and B in alternation, so both see the same host.
     python benchmarks/ab_builds.py /tmp/old.so /tmp/new.so --case matmul --threads 1
 
 Cases: matmul (sgemm 1024^3 and 2048^3), softmax (16384 x 1024), layer_norm (forward +
-backward, 8192 x 1024), cell_step (LSTM, B=1, H=128 and 256). Prints the median and the best
+backward, 8192 x 1024), cell_step (LSTM, B=1, H=128 and 256), elementwise (tanh, sigmoid,
+gelu on 1M floats, in cache; an Adam step over 10M parameters), lstm (forward + BPTT at
+T=50, B=16, H=128 and inference at T=100, B=64, H=512). Prints the median and the best
 time of each build and the ratio of the medians (> 1: B faster).
 """
 import argparse
@@ -73,6 +75,33 @@ def cases(name, rng):
                         packed.step(x, s, s)
                 return run
             yield f"LSTMCell step B=1 H={h} (200 calls)", make
+    elif name == "elementwise":
+        x = rng.standard_normal(1 << 20, dtype=f32)
+        for op in ("tanh", "sigmoid"):
+            yield f"{op} 1M", lambda core, op=op: (lambda: getattr(core, op)(x, None))
+        yield "gelu 1M", lambda core: (lambda: core.gelu(x, "none", None))
+        n = 10_000_000
+
+        def make_adam(core):
+            p, g = rng.standard_normal(n, dtype=f32), rng.standard_normal(n, dtype=f32)
+            m, v = np.zeros(n, f32), np.zeros(n, f32)
+            return lambda: core.adam_step(p, g, m, v, None, 1, 1e-3, 0.9, 0.999, 1e-8, 0.0, False, False, False)
+        yield "Adam step 10M", make_adam
+    elif name == "lstm":
+        for t, b, h, train in ((50, 16, 128, True), (100, 64, 512, False)):
+            x = rng.standard_normal((t, b, h), dtype=f32)
+            w = [(0.05 * rng.standard_normal(s)).astype(f32) for s in ((4 * h, h), (4 * h, h))]
+            bias = [np.zeros(4 * h, f32), np.zeros(4 * h, f32)]
+            s = np.zeros((b, h), f32)
+            dy = np.ones((t, b, h), f32)
+
+            def make(core, x=x, w=w, bias=bias, s=s, dy=dy, train=train):
+                def run():
+                    out = core.recurrent_forward("lstm", x, s, s, w[0], w[1], bias[0], bias[1], None, False, train)
+                    if train:
+                        core.recurrent_backward(out[3], dy, None, None, True, True)
+                return run
+            yield f"LSTM {'train' if train else 'inference'} T={t} B={b} H={h}", make
     else:
         raise SystemExit(f"unknown case {name!r}")
 
@@ -81,7 +110,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("a", help="path of build A's _core*.so")
     ap.add_argument("b", help="path of build B's _core*.so")
-    ap.add_argument("--case", default="matmul", choices=["matmul", "softmax", "layer_norm", "cell_step"])
+    ap.add_argument("--case", default="matmul", choices=["matmul", "softmax", "layer_norm", "cell_step", "elementwise", "lstm"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()

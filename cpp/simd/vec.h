@@ -128,8 +128,13 @@ template <> struct Vec<float> {
   static inline R load(const T* p) { return _mm256_loadu_ps(p); }
   static inline void store(T* p, R v) { _mm256_storeu_ps(p, v); }
   static inline __m256i tail(int n) { return _mm256_loadu_si256((const __m256i*)(detail::tail_mask_table + 8 - n)); }
-  static inline R load_n(const T* p, int n) { return _mm256_maskload_ps(p, tail(n)); }
-  static inline void store_n(T* p, R v, int n) { _mm256_maskstore_ps(p, tail(n), v); }
+  // Full vectors take the plain load/store: on Zen 2/3 vmaskmovps to memory is microcoded
+  // (tens of cycles), and the branch on n == W is predicted in the loops that call these.
+  static inline R load_n(const T* p, int n) { return n == W ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, tail(n)); }
+  static inline void store_n(T* p, R v, int n) {
+    if (n == W) _mm256_storeu_ps(p, v);
+    else _mm256_maskstore_ps(p, tail(n), v);
+  }
   // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
   static inline void stream(T* p, R v) { _mm256_stream_ps(p, v); }
   static inline R add(R a, R b) { return _mm256_add_ps(a, b); }
@@ -199,8 +204,11 @@ template <> struct Vec<double> {
     alignas(32) static const int64_t t[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
     return _mm256_loadu_si256((const __m256i*)(t + 4 - n));
   }
-  static inline R load_n(const T* p, int n) { return _mm256_maskload_pd(p, tail(n)); }
-  static inline void store_n(T* p, R v, int n) { _mm256_maskstore_pd(p, tail(n), v); }
+  static inline R load_n(const T* p, int n) { return n == W ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, tail(n)); }
+  static inline void store_n(T* p, R v, int n) {
+    if (n == W) _mm256_storeu_pd(p, v);
+    else _mm256_maskstore_pd(p, tail(n), v);
+  }
   // Non-temporal store of a whole vector to p aligned to sizeof(R) (call stream_fence after).
   static inline void stream(T* p, R v) { _mm256_stream_pd(p, v); }
   static inline R add(R a, R b) { return _mm256_add_pd(a, b); }
