@@ -67,8 +67,10 @@ TOLERANCES = {
     ("torch", "float64"): (1e-11, 1e-13),
     # Recurrent layers vs a float64 evaluation (twin or PyTorch): errors compound over the
     # steps and gradient sums cancel, so atol is relative to max |expected| of each array
-    # (worst seen over ~1000 random small cases, NumPy float32 twin alike: 2.6e-5 / 1e-13).
-    ("recurrent", "float32"): (2e-6, 5e-5),
+    # (worst seen over ~1000 random small cases, NumPy float32 twin alike: 2.6e-5 / 1e-13;
+    # then 6.1e-5 for a one-element dx, GRU H=65 T=B=I=1, a sum of 195 terms that cancel to
+    # 1/50 of their size, where the float32 twin was 2.8e-5 off).
+    ("recurrent", "float32"): (2e-6, 1e-4),
     ("recurrent", "float64"): (4e-15, 2e-13),
     # Optimizer trajectories vs torch.optim fed the same gradients, 25 steps: parameters and
     # state arrays, atol relative to max |expected| of each array (worst seen 2.3e-6 / 2.9e-15).

@@ -186,9 +186,9 @@ struct Panels {
 };
 
 // ---------------------------------------------------------------- epilogue
+// Bias and activation of one finished tile (tile_fn runs per span: see Spans).
 template <class T>
-void apply_epilogue(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb,
-                    int64_t nb) {
+void tile_bias_act(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t j0, int64_t mb, int64_t nb) {
   using V = Vec<T>;
   constexpr int W = V::W;
   if (ep.bias || ep.act != Act::none) {
@@ -203,7 +203,12 @@ void apply_epilogue(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t i0, int64_
       }
     }
   }
-  if (ep.tile_fn) ep.tile_fn(ep.tile_ctx, c, ldc, i0, j0, mb, nb);
+}
+
+// Columns per tile_fn call of an epilogue (a multiple of NR): column ranges that threads and
+// column blocks take are multiples of it, so every span lies inside one of them.
+template <class T> int64_t span_cols(const Epilogue<T>* ep) {
+  return ep && ep->tile_fn && ep->tile_cols > NR<T> ? ep->tile_cols : NR<T>;
 }
 
 // ---------------------------------------------------------------- packing
@@ -396,7 +401,15 @@ void block_product(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64
         for (int64_t i = 0; i < mb; ++i)
           for (int64_t j = 0; j < NRv; j += LINE) __builtin_prefetch(ct + i * ldc + NRv + j, 0, 2);
       run_tile<T>(kc, ap, bp + jr * kc, ct, ldc, alpha, beta, mb, nb);
-      if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
+      if (ep) {
+        tile_bias_act<T>(*ep, ct, ldc, j0 + jr, mb, nb);
+        // A span is done with its last tile (c starts at a multiple of the span).
+        const int64_t span = span_cols<T>(ep), je = jr + nb;
+        if (ep->tile_fn && (je % span == 0 || je == nc)) {
+          const int64_t js = jr / span * span;
+          ep->tile_fn(ep->tile_ctx, c + ir * ldc + js, ldc, i0 + ir, j0 + js, mb, je - js);
+        }
+      }
     }
   }
 }
@@ -419,17 +432,26 @@ void block_product_bstream(bool ta, int64_t m, int64_t nc, int64_t kc, const T* 
     const int64_t ir = rp.begin(p), mb = rp.size(p);
     pack_a_panel<T>(ta, mb, kc, ta ? a + ir : a + ir * lda, lda, ablock + p * stride, panel_ld<T>(mb));
   }
+  // By spans of the epilogue (one B panel unless tile_fn wants wider ones): each row panel
+  // runs over the span's panels, then tile_fn gets the finished span. While a tile of panel
+  // jr computes, its share of the lines of panel jr + span (the next span's) is prefetched.
+  const int64_t span = span_cols<T>(ep);
   const int64_t lines = (kc * NRv * int64_t(sizeof(T)) + 63) / 64, per = (lines + rp.np - 1) / rp.np;
-  for (int64_t jr = 0; jr < nc; jr += NRv) {
-    const int64_t nb = std::min<int64_t>(NRv, nc - jr);
-    const bool more = prefetch && jr + NRv < nc;
-    const T* next = more ? bp + (jr + NRv) * kc : bp;
+  for (int64_t js = 0; js < nc; js += span) {
+    const int64_t je = std::min(nc, js + span);
     for (int64_t p = 0; p < rp.np; ++p) {
       const int64_t ir = rp.begin(p), mb = rp.size(p);
-      const int64_t l0 = more ? std::min(lines, p * per) : 0, nl = more ? std::min(lines, l0 + per) - l0 : 0;
-      T* ct = c + ir * ldc + jr;
-      run_tile<T>(kc, ablock + p * stride, bp + jr * kc, ct, ldc, alpha, beta, mb, nb, next + l0 * (64 / sizeof(T)), nl);
-      if (ep) apply_epilogue<T>(*ep, ct, ldc, i0 + ir, j0 + jr, mb, nb);
+      for (int64_t jr = js; jr < je; jr += NRv) {
+        const int64_t nb = std::min<int64_t>(NRv, nc - jr);
+        const bool more = prefetch && jr + span < nc;
+        const T* next = more ? bp + (jr + span) * kc : bp;
+        const int64_t l0 = more ? std::min(lines, p * per) : 0, nl = more ? std::min(lines, l0 + per) - l0 : 0;
+        T* ct = c + ir * ldc + jr;
+        run_tile<T>(kc, ablock + p * stride, bp + jr * kc, ct, ldc, alpha, beta, mb, nb, next + l0 * (64 / sizeof(T)),
+                    nl);
+        if (ep) tile_bias_act<T>(*ep, ct, ldc, j0 + jr, mb, nb);
+      }
+      if (ep && ep->tile_fn) ep->tile_fn(ep->tile_ctx, c + ir * ldc + js, ldc, i0 + ir, j0 + js, mb, je - js);
     }
   }
 }
@@ -440,7 +462,11 @@ void scale_only(int64_t m, int64_t n, T beta, T* c, int64_t ldc, const Epilogue<
                 int64_t i0, int64_t j0) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
-  if (ep) apply_epilogue<T>(*ep, c, ldc, i0, j0, m, n);
+  if (!ep) return;
+  tile_bias_act<T>(*ep, c, ldc, j0, m, n);
+  if (ep->tile_fn)
+    for (int64_t js = 0, span = span_cols<T>(ep); js < n; js += span)
+      ep->tile_fn(ep->tile_ctx, c + js, ldc, i0, j0 + js, m, std::min(span, n - js));
 }
 
 // Products against a pre-packed B with at most this many rows stream B panel by panel
@@ -448,11 +474,12 @@ void scale_only(int64_t m, int64_t n, T beta, T* c, int64_t ldc, const Epilogue<
 constexpr int64_t kStreamRows = 192;
 constexpr int64_t kL2Bytes = int64_t(2) << 20;  // per core, the cache the blocks are sized for
 
-// Width of the column blocks for n columns: at most NC, a multiple of NR, balanced.
-template <class T> int64_t col_block(int64_t n) {
-  constexpr int NC = Cfg<T>::NC, NRv = NR<T>;
-  const int64_t blocks = (n + NC - 1) / NC;
-  return round_up((n + blocks - 1) / blocks, NRv);
+// Width of the column blocks for n columns: about NC at most, a multiple of unit (NR or the
+// epilogue's span), balanced.
+template <class T> int64_t col_block(int64_t n, int64_t unit) {
+  const int64_t nc = std::max<int64_t>(unit, Cfg<T>::NC / unit * unit);
+  const int64_t blocks = (n + nc - 1) / nc;
+  return round_up((n + blocks - 1) / blocks, unit);
 }
 
 // Single-threaded GEMM on a sub-problem whose C starts at absolute (i0, j0).
@@ -463,7 +490,7 @@ void gemm_st(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T
   constexpr int KC = Cfg<T>::KC;
   if (m <= 0 || n <= 0) return;
   if (k <= 0) return scale_only<T>(m, n, beta, c, ldc, ep, i0, j0);
-  const int64_t ncb = col_block<T>(n);
+  const int64_t ncb = col_block<T>(n, span_cols<T>(ep));
   T* bbuf = tls_b.get<T>(size_t(KC) * size_t(ncb));
   T* apanel = tls_a.get<T>(size_t(apanel_size<T>()));
   for (int64_t jc = 0; jc < n; jc += ncb) {
@@ -504,7 +531,7 @@ void gemm_packed_st(bool ta, int64_t m, int64_t n, int64_t n_total, int64_t k, T
     }
     return;
   }
-  const int64_t ncb = col_block<T>(n);
+  const int64_t ncb = col_block<T>(n, span_cols<T>(ep));
   T* apanel = tls_a.get<T>(size_t(apanel_size<T>()));
   for (int64_t jc = 0; jc < n; jc += ncb) {
     int64_t nc = std::min<int64_t>(ncb, n - jc);
@@ -606,7 +633,8 @@ template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
   if (m <= 0 || n <= 0) return;
-  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  constexpr int MR = Cfg<T>::MR;
+  const int64_t NRv = span_cols<T>(ep);  // column ranges: whole spans of the epilogue
   int nt = threads_for<T>(gemm_flops(m, n, k));
   bool split_n = (n / NRv) >= (m / MR);
   int64_t units = split_n ? (n + NRv - 1) / NRv : (m + MR - 1) / MR;
@@ -654,7 +682,8 @@ template <class T>
 void gemm_packed(bool ta, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda,
                  const T* packed, T beta, T* c, int64_t ldc, const Epilogue<T>* ep) {
   if (m <= 0 || n <= 0) return;
-  constexpr int MR = Cfg<T>::MR, NRv = NR<T>;
+  constexpr int MR = Cfg<T>::MR;
+  const int64_t NRv = span_cols<T>(ep);  // column ranges: whole spans of the epilogue
   // Few rows: the product streams the packed matrix, so threads pay off by bytes, not flops.
   int nt = threads_for<T>(m <= kSmallM ? gemm_flops(k, n, 8) : gemm_flops(m, n, k));
   bool split_n = (n / NRv) >= (m / MR);

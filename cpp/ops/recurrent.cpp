@@ -18,21 +18,31 @@ namespace {
 
 inline int gates_of(Cell c) { return c == Cell::lstm ? 4 : c == Cell::gru ? 3 : 1; }
 
-// The blocked gate-column order (see recurrent.h).
+// The blocked gate-column order (see recurrent.h): blocks of NB columns (NB a multiple of the
+// GEMM's NR) hold every gate of U = NB / G hidden units. One NR panel per block where it gives
+// each gate at least a vector of units; otherwise (AVX2: 16 columns, so 4 LSTM units or 5 GRU
+// units per panel, half-vector loads and stores in the gate math) the fewest panels that give
+// each gate whole vectors (LSTM 2 panels: 8 units; GRU 3: 16).
 struct Layout {
   int G;
-  int64_t H, NR, U, nblk, N;
-  Layout(Cell cell, int64_t h, int64_t nr) : G(gates_of(cell)), H(h), NR(nr) {
-    U = std::max<int64_t>(1, NR / G);
+  int64_t H, NB, U, nblk, N;
+  Layout(Cell cell, int64_t h, int64_t nr, int w) : G(gates_of(cell)), H(h), NB(nr) {
+    if (nr / G < w) {
+      int k = 1;
+      while (k < 8 && (k * nr) % (int64_t(G) * w) != 0) ++k;
+      NB = k * nr;
+    }
+    U = std::max<int64_t>(1, NB / G);
     nblk = (H + U - 1) / U;
-    N = nblk == 0 ? 0 : (nblk - 1) * NR + G * ub(nblk - 1);
+    N = nblk == 0 ? 0 : (nblk - 1) * NB + G * ub(nblk - 1);
   }
   int64_t ub(int64_t blk) const { return blk == nblk - 1 ? H - blk * U : U; }
   int64_t col(int64_t u, int g) const {
     int64_t blk = u / U;
-    return blk * NR + g * ub(blk) + (u - blk * U);
+    return blk * NB + g * ub(blk) + (u - blk * U);
   }
 };
+template <class T> Layout layout_of(Cell cell, int64_t H) { return Layout(cell, H, gemm_nr<T>(), Vec<T>::W); }
 
 inline int pool_threads(int64_t work) {
   if (omp_in_parallel()) return 1;
@@ -182,7 +192,7 @@ void step_tile(void* vctx, T* c, int64_t ldc, int64_t i0, int64_t j0, int64_t mb
   constexpr int W = V::W, RG = 4;
   const StepCtx<T>& s = *static_cast<const StepCtx<T>*>(vctx);
   const Layout& L = *s.L;
-  const int64_t H = L.H, blk = j0 / L.NR, u0 = blk * L.U, ub = L.ub(blk);
+  const int64_t H = L.H, blk = j0 / L.NB, u0 = blk * L.U, ub = L.ub(blk);
   const bool write_y = s.y != s.h_next;
   // Rows still running, in groups of RG; rows past their sequence's end are frozen here.
   int64_t rows[RG];
@@ -251,10 +261,10 @@ template <class T> int64_t carve_size(int64_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
 
-template <class T> int64_t recurrent_gate_cols(Cell cell, int64_t H) { return Layout(cell, H, gemm_nr<T>()).N; }
+template <class T> int64_t recurrent_gate_cols(Cell cell, int64_t H) { return layout_of<T>(cell, H).N; }
 
 template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, bool training, bool backward) {
-  Layout L(s.cell, s.H, gemm_nr<T>());
+  Layout L = layout_of<T>(s.cell, s.H);
   const int64_t N = L.N, T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
   int64_t n = carve_size<T>(N * I) + carve_size<T>(N * HS) + 16;
   if (!backward) {
@@ -276,7 +286,7 @@ template <class T> int64_t recurrent_workspace_size(const RecurrentShape& s, boo
 
 template <class T> void recurrent_forward(const RecurrentShape& s, const RecurrentForwardArgs<T>& a) {
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
-  const Layout L(s.cell, H, gemm_nr<T>());
+  const Layout L = layout_of<T>(s.cell, H);
   const int64_t N = L.N, BH = B * H, BS = B * HS;
   const bool training = a.states != nullptr;
   const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
@@ -324,6 +334,7 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   Epilogue<T> ep;
   ep.tile_fn = &step_tile<T>;
   ep.tile_ctx = &ctx;
+  ep.tile_cols = L.NB;
   if (gru && has_bias) ep.bias = bh;
   auto set_step = [&](StepCtx<T>& c, int64_t st) {
     c.step = st;
@@ -342,13 +353,13 @@ template <class T> void recurrent_forward(const RecurrentShape& s, const Recurre
   // threads: 2.48 ms one thread per step, 2.43 ms forking every step (threshold lowered),
   // 1.84 ms with the team. gemm_packed_cols gives each block exactly what gemm_packed gives
   // it, so the results do not depend on the path or the thread count.
-  const int team = small_step_team<T>(P == 0, T_, 2.0 * double(B) * double(HS) * double(N), (N + L.NR - 1) / L.NR);
+  const int team = small_step_team<T>(P == 0, T_, 2.0 * double(B) * double(HS) * double(N), (N + L.NB - 1) / L.NB);
   if (team > 1) {
     FirstError err;
 #pragma omp parallel num_threads(team)
     {
       int64_t c0, c1;
-      team_cols(N, L.NR, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
+      team_cols(N, L.NB, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
       StepCtx<T> mine = ctx;
       Epilogue<T> my_ep = ep;
       my_ep.tile_ctx = &mine;
@@ -396,7 +407,7 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   using R = typename V::R;
   constexpr int W = V::W;
   const int64_t T_ = s.T, B = s.B, I = s.I, H = s.H, P = s.P, HS = P ? P : H;
-  const Layout L(s.cell, H, gemm_nr<T>());
+  const Layout L = layout_of<T>(s.cell, H);
   const int64_t N = L.N, BH = B * H, BS = B * HS;
   const bool gru = s.cell == Cell::gru, lstm = s.cell == Cell::lstm;
   Carve<T> ws{a.work};
@@ -465,10 +476,10 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
     const T* gb = a.gates ? a.gates + (st * B + b) * N : nullptr;
     R acc = V::zero(), accs = V::zero();
     for (int64_t blk = 0; blk < L.nblk; ++blk) {
-      const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NR;
-      if (gru && ub * 3 < L.NR && blk + 1 < L.nblk) {  // padding columns of the block
-        std::memset(dzx_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
-        std::memset(dzh_r + c0 + 3 * ub, 0, size_t(L.NR - 3 * ub) * sizeof(T));
+      const int64_t u0 = blk * L.U, ub = L.ub(blk), c0 = blk * L.NB;
+      if (gru && ub * 3 < L.NB && blk + 1 < L.nblk) {  // padding columns of the block
+        std::memset(dzx_r + c0 + 3 * ub, 0, size_t(L.NB - 3 * ub) * sizeof(T));
+        std::memset(dzh_r + c0 + 3 * ub, 0, size_t(L.NB - 3 * ub) * sizeof(T));
       }
       for (int64_t u = 0; u < ub; u += W) {
         const int cnt = int(std::min<int64_t>(W, ub - u));
@@ -526,13 +537,13 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
   // team, rows of the pointwise pass and column blocks of dh's product shared out, two
   // barriers per step. Same arithmetic per row and per block as the path below.
   const int team = small_step_team<T>(P == 0, T_, 2.0 * double(B) * double(HS) * double(N),
-                                      std::min((HS + L.NR - 1) / L.NR, B));
+                                      std::min((HS + gemm_nr<T>() - 1) / gemm_nr<T>(), B));
   if (team > 1) {
     FirstError err;
 #pragma omp parallel num_threads(team)
     {
       int64_t c0, c1;
-      team_cols(HS, L.NR, omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
+      team_cols(HS, gemm_nr<T>(), omp_get_thread_num(), omp_get_num_threads(), &c0, &c1);
       for (int64_t st = T_ - 1; st >= 0; --st) {
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) gate_row(st, b);
@@ -615,14 +626,14 @@ template <class T> void recurrent_backward(const RecurrentShape& s, const Recurr
 }
 
 template <class T> int64_t recurrent_packed_size(Cell cell, int64_t I, int64_t H) {
-  const Layout L(cell, H, gemm_nr<T>());
+  const Layout L = layout_of<T>(cell, H);
   return carve_size<T>(packed_b_size<T>(I, L.N)) + carve_size<T>(packed_b_size<T>(H, L.N)) + 2 * carve_size<T>(L.N);
 }
 
 template <class T>
 void recurrent_pack(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_hh, const T* b_ih, const T* b_hh,
                     T* packed) {
-  const Layout L(cell, H, gemm_nr<T>());
+  const Layout L = layout_of<T>(cell, H);
   const int64_t N = L.N;
   Carve<T> out{packed};
   T* pih = out.take(packed_b_size<T>(I, N));
@@ -659,7 +670,7 @@ template <class T> struct StepJob {
 
 template <class T> void step_blocks(void* vjob, int part, int parts) {
   const StepJob<T>& j = *static_cast<const StepJob<T>*>(vjob);
-  const int64_t N = j.L->N, NRv = j.L->NR, nblk = (N + NRv - 1) / NRv;
+  const int64_t N = j.L->N, NRv = j.L->NB, nblk = (N + NRv - 1) / NRv;
   const int64_t b0 = nblk * part / parts, b1 = nblk * (part + 1) / parts;
   const bool gru = j.cell == Cell::gru;
   if (b0 >= b1) return;
@@ -682,6 +693,7 @@ template <class T> void step_blocks(void* vjob, int part, int parts) {
   Epilogue<T> ep;
   ep.tile_fn = &step_tile<T>;
   ep.tile_ctx = j.ctx;
+  ep.tile_cols = j.L->NB;
   if (gru) ep.bias = j.bh;
   gemm_packed_cols<T>(false, j.B, N, c0, c1, j.I, T(1), j.x, j.I, j.pih, T(0), j.zx, N, &ep_in);
   if (gru) gemm_packed_cols<T>(false, j.B, N, c0, c1, j.H, T(1), j.h, j.H, j.phh, T(0), j.zh, N, &ep);
@@ -691,7 +703,7 @@ template <class T> void step_blocks(void* vjob, int part, int parts) {
 template <class T>
 void recurrent_step(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed, const T* x, const T* h, const T* c,
                     T* h_out, T* c_out, T* work, bool backwards) {
-  const Layout L(cell, H, gemm_nr<T>());
+  const Layout L = layout_of<T>(cell, H);
   const int64_t N = L.N;
   if (B <= 0 || N <= 0) return;
   Carve<T> in{const_cast<T*>(packed)};
@@ -702,7 +714,7 @@ void recurrent_step(Cell cell, int64_t B, int64_t I, int64_t H, const T* packed,
   StepCtx<T> ctx{&L, cell, 0, nullptr, h, h_out, c, c_out, h_out, work, nullptr};
   StepJob<T> job{&L, cell, B, I, H, pih, phh, bx, bh, x, h, work, work + B * N, &ctx, backwards};
   // Threads by bytes of weight streamed, as gemm_packed does for few rows.
-  const int64_t nblk = (N + L.NR - 1) / L.NR;
+  const int64_t nblk = (N + L.NB - 1) / L.NB;
   const int nt = int(std::min<int64_t>(gemm_threads<T>(2.0 * double(I + H) * double(N) * double(std::max<int64_t>(B, 8))),
                                        nblk));
   gemm_parallel(nt, &step_blocks<T>, &job);

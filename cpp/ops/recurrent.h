@@ -18,9 +18,10 @@
 //
 // How it runs: one GEMM projects every time step's input (x W_ih^T + b); W_hh is packed once
 // per call and the per-step GEMM h W_hh^T runs on it with the gate math and the cell update
-// fused into its epilogue. Gate columns are kept in a "blocked" order so one register tile of
-// the GEMM holds every gate of a group of hidden units: unit u, gate g -> column
-// blk*NR + g*Ub + (u - blk*U), U = NR / G units per block, Ub = units in that block.
+// fused into its epilogue. Gate columns are kept in a "blocked" order so one span of the
+// GEMM's epilogue (one register tile's rows by NB columns, NB one or a few of its NR-wide
+// panels) holds every gate of a group of hidden units: unit u, gate g -> column
+// blk*NB + g*Ub + (u - blk*U), U = NB / G units per block, Ub = units in that block.
 // Backward walks time in reverse with one fused pointwise pass and one GEMM (dZ W_hh) per
 // step, then computes every weight gradient with one large GEMM over all T*B rows.
 // Weight gradients are written (not accumulated): the caller adds them where it keeps sums.
