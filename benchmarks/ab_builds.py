@@ -10,7 +10,8 @@ same case on A and B in alternation, so both see the same host.
     cp build/<dir>/.../seqcore/_core*.so /tmp/new.so
     python benchmarks/ab_builds.py /tmp/old.so /tmp/new.so --case matmul --threads 1
 
-Cases: matmul (sgemm 1024^3 and 2048^3), softmax (16384 x 1024), layer_norm (forward +
+Cases: matmul (sgemm 1024^3 and 2048^3), packed (h @ W.T against a PackedMatrix, RNN-step
+shapes M x K x N from 16x128x512 to 64x1024x4096), softmax (16384 x 1024), layer_norm (forward +
 backward, 8192 x 1024), cell_step (LSTM, B=1, H=128 and 256), elementwise (tanh, sigmoid,
 gelu on 1M floats, in cache; an Adam step over 10M parameters), lstm (forward + BPTT at
 T=50, B=16, H=128 and inference at T=100, B=64, H=512). Prints the median and the best
@@ -75,6 +76,20 @@ def cases(name, rng):
                         packed.step(x, s, s)
                 return run
             yield f"LSTMCell step B=1 H={h} (200 calls)", make
+    elif name == "packed":
+        for m, k, n in ((16, 128, 512), (64, 512, 2048), (32, 256, 1024), (64, 1024, 4096)):
+            w = rng.standard_normal((n, k), dtype=f32)
+            h = rng.standard_normal((m, k), dtype=f32)
+            o = np.empty((m, n), f32)
+
+            def make(core, w=w, h=h, o=o, reps=max(1, (1 << 27) // (m * n * k))):
+                pm = core.PackedMatrix(w, True)
+
+                def run():
+                    for _ in range(reps):
+                        pm.matmul(h, o)
+                return run
+            yield f"packed {m}x{k}x{n} ({max(1, (1 << 27) // (m * n * k))} calls)", make
     elif name == "elementwise":
         x = rng.standard_normal(1 << 20, dtype=f32)
         for op in ("tanh", "sigmoid"):
@@ -110,7 +125,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("a", help="path of build A's _core*.so")
     ap.add_argument("b", help="path of build B's _core*.so")
-    ap.add_argument("--case", default="matmul", choices=["matmul", "softmax", "layer_norm", "cell_step", "elementwise", "lstm"])
+    ap.add_argument("--case", default="matmul", choices=["matmul", "packed", "softmax", "layer_norm", "cell_step", "elementwise", "lstm"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()

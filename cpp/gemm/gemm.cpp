@@ -418,15 +418,20 @@ void block_product(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64
 // once per call): B panel by B panel, each one multiplied by every row panel of A while it
 // is in L2, so B is read from memory exactly once; meanwhile (prefetch) the next B panel is
 // prefetched, its lines shared out over the row panels. Row panels of up to 2 MR rows (tall
-// tiles): each B panel streams from L2 once per row panel, so taller panels halve that
-// traffic. ablock: the packed A block (stream_panels(m) panels of 2 MR x KC).
-template <class T> int64_t stream_panels(int64_t m) { return Panels(m, NVT<T> > 0 ? MRT<T> : Cfg<T>::MR).np; }
+// tiles) where a tall tile is at least two vectors wide (AVX-512: 12 x 32 floats): each B
+// panel streams from L2 once per row panel, so taller panels halve that traffic. AVX2's tall
+// tile would be one vector wide, 8 rows x 8 floats for B = 16 (too few accumulators for the
+// FMA latency, a load per FMA): MR panels there (Zen 3, A/B: 1.25-1.35x faster for RNN-step
+// shapes 16x128x512 to 64x1024x4096). ablock: the packed A block (stream_panels(m) panels,
+// stride 2 MR x KC).
+template <class T> constexpr bool kTallStream = NVT<T> > 1;
+template <class T> int64_t stream_panels(int64_t m) { return Panels(m, kTallStream<T> ? MRT<T> : Cfg<T>::MR).np; }
 template <class T>
 void block_product_bstream(bool ta, int64_t m, int64_t nc, int64_t kc, const T* a, int64_t lda, const T* bp,
                            T* c, int64_t ldc, T alpha, T beta, const Epilogue<T>* ep, int64_t i0, int64_t j0,
                            T* ablock, bool prefetch) {
   constexpr int NRv = NR<T>;
-  const Panels rp(m, NVT<T> > 0 ? MRT<T> : Cfg<T>::MR);
+  const Panels rp(m, kTallStream<T> ? MRT<T> : Cfg<T>::MR);
   const int64_t stride = int64_t(MRT<T>) * kc;
   for (int64_t p = 0; p < rp.np; ++p) {
     const int64_t ir = rp.begin(p), mb = rp.size(p);
