@@ -215,15 +215,28 @@ void pack_rows(const T* src, int64_t lds, int64_t rows, int64_t cols, T* dst, in
   }
 }
 
+// Row stride of a B operand of the block products, which are read down NR-wide column
+// panels (a tile reads one panel over up to 256 rows): a multiple of NR that is an odd number
+// of panels, so the rows of a panel spread over every L1 set. A stride of 2^k cache lines
+// keeps them in a few sets (4 KiB: one set, 8 lines, for 64 rows or more) and the panel is
+// read from L2 again at every tile. Zen 3, AVX2, T = 1024: K^T with 1024 + 16 columns
+// instead of 1024 (and V copied to 64 + 16 columns) took the forward from 49 to 56 GF/s (T = 512: 50 to 62).
+template <class T> int64_t panel_ld(int64_t cols) {
+  int64_t ld = round_up(std::max<int64_t>(cols, 1), NR<T>);
+  return (ld / NR<T>) % 2 == 0 ? ld + NR<T> : ld;
+}
+
 // A natural-layout operand used as B of a block product: in place when its width is a
-// multiple of NR (loads stay inside each row), else a padded copy.
+// multiple of NR (loads stay inside each row) and its row stride is a panel_ld (an odd
+// number of panels), else a padded copy (rows x panel_ld(cols) of buf).
 template <class T> struct RowsView {
   const T* p;
   int64_t ld;
 };
 template <class T>
-RowsView<T> rows_view(const T* src, int64_t lds, int64_t rows, int64_t cols, T* buf, int64_t ldp) {
-  if (cols == ldp) return {src, lds};
+RowsView<T> rows_view(const T* src, int64_t lds, int64_t rows, int64_t cols, T* buf) {
+  if (cols % NR<T> == 0 && lds % NR<T> == 0 && (lds / NR<T>) % 2 == 1) return {src, lds};
+  const int64_t ldp = panel_ld<T>(cols);
   pack_rows<T>(src, lds, rows, cols, buf, ldp);
   return {buf, ldp};
 }
@@ -312,12 +325,11 @@ template <class T> struct FwdHead {
 
 template <class T>
 FwdHead<T> pack_fwd_head(const AttnShape& s, const AttnForwardArgs<T>& a, int64_t h) {
-  const int64_t Sp = round_up(std::max<int64_t>(s.S, 1), NR<T>), Dvp = round_up(s.Dv, NR<T>);
-  const bool direct_v = Dvp == s.Dv;
-  T* buf = tls_head.get<T>(size_t(s.D * Sp + (direct_v ? 0 : s.S * Dvp) + 16));
+  const int64_t Sp = panel_ld<T>(s.S);
+  T* buf = tls_head.get<T>(size_t(s.D * Sp + s.S * panel_ld<T>(s.Dv) + 16));
   T* kt = buf;
   pack_transposed<T>(a.k + a.kl.off[h], a.kl.rs, s.S, s.D, kt, Sp);
-  RowsView<T> v = rows_view<T>(a.v + a.vl.off[h], a.vl.rs, s.S, s.Dv, buf + s.D * Sp, Dvp);
+  RowsView<T> v = rows_view<T>(a.v + a.vl.off[h], a.vl.rs, s.S, s.Dv, buf + s.D * Sp);
   return {kt, Sp, v};
 }
 
@@ -476,9 +488,9 @@ template <class T>
 BwdHead<T> pack_bwd_head(const AttnShape& s, const AttnBackwardArgs<T>& a, int64_t h, Scratch& sc) {
   using V = Vec<T>;
   constexpr int W = V::W;
-  const int64_t Sp = round_up(std::max<int64_t>(s.S, 1), NR<T>);
-  const int64_t Dp = round_up(s.D, NR<T>), Dvp = round_up(s.Dv, NR<T>);
-  const int64_t n_q = Dp == s.D ? 0 : s.L * Dp, n_k = Dp == s.D ? 0 : s.S * Dp, n_do = Dvp == s.Dv ? 0 : s.L * Dvp;
+  const int64_t Sp = panel_ld<T>(s.S);
+  const int64_t Dp = panel_ld<T>(s.D), Dvp = panel_ld<T>(s.Dv);  // strides of the copies rows_view may make
+  const int64_t n_q = s.L * Dp, n_k = s.S * Dp, n_do = s.L * Dvp;
   const int64_t head_sz = (s.D + s.Dv) * Sp + n_q + n_k + n_do + 2 * s.L + 64;
   T* buf = sc.get<T>(size_t(head_sz));
   BwdHead<T> hd{};
@@ -494,9 +506,9 @@ BwdHead<T> pack_bwd_head(const AttnShape& s, const AttnBackwardArgs<T>& a, int64
   hd.kt = kt;
   hd.vt = vt;
   hd.sp = Sp;
-  hd.qn = rows_view<T>(a.q + a.ql.off[h], a.ql.rs, s.L, s.D, qb, Dp);
-  hd.kn = rows_view<T>(a.k + a.kl.off[h], a.kl.rs, s.S, s.D, kb, Dp);
-  hd.don = rows_view<T>(a.dout + a.dol.off[h], a.dol.rs, s.L, s.Dv, dob, Dvp);
+  hd.qn = rows_view<T>(a.q + a.ql.off[h], a.ql.rs, s.L, s.D, qb);
+  hd.kn = rows_view<T>(a.k + a.kl.off[h], a.kl.rs, s.S, s.D, kb);
+  hd.don = rows_view<T>(a.dout + a.dol.off[h], a.dol.rs, s.L, s.Dv, dob);
   const T inf = std::numeric_limits<T>::infinity();
   for (int64_t i = 0; i < s.L; ++i) {
     const T* o = a.out + a.ol.off[h] + i * a.ol.rs;
