@@ -38,8 +38,10 @@ def info_in_subprocess(env_extra):
 
 def test_info_keys_and_types():
     info = seqcore.info()
-    assert set(info) == {"version", "isa", "available_isas", "num_threads", "openmp", "compiler",
+    assert set(info) == {"version", "isa", "available_isas", "built_isas", "num_threads", "openmp", "compiler",
                          "build_type"}
+    assert info["built_isas"][:2] == ["scalar", "avx2"] and set(info["built_isas"]) <= set(KNOWN_ISAS)
+    assert set(info["available_isas"]) <= set(info["built_isas"])
     assert isinstance(info["version"], str) and info["version"] == seqcore.__version__
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", info["version"]), info["version"]
     assert isinstance(info["available_isas"], list)
@@ -223,7 +225,8 @@ def test_wide_registers_stay_in_their_isa_namespace():
     path = seqcore._core.__file__
     regs = _registers_by_function(path)
     names = list(regs)
-    per_ns = {ns: [s for s in names if f"seqcore::{ns}::" in s] for ns in KNOWN_ISAS}
+    built = seqcore.info()["built_isas"]  # CI's sanitizer build leaves out what the CPU cannot run
+    per_ns = {ns: [s for s in names if f"seqcore::{ns}::" in s] for ns in built}
     if not any(per_ns.values()):
         pytest.skip(f"{path} has no seqcore symbols (stripped?)")
     for ns, syms in per_ns.items():
@@ -237,7 +240,10 @@ def test_wide_registers_stay_in_their_isa_namespace():
     assert not wide_scalar, "ymm/zmm in seqcore::scalar::\n" + "\n".join(wide_scalar[:20])
     assert not wide_generic, "ymm/zmm in ISA-independent code\n" + "\n".join(wide_generic[:20])
     # The AVX-512 kernels really use zmm (else the avx512 build flags did not apply).
-    assert any("zmm" in regs[s] for s in per_ns["avx512"])
+    if "avx512" in per_ns:
+        assert any("zmm" in regs[s] for s in per_ns["avx512"])
+    else:
+        assert not any("seqcore::avx512::" in s for s in names)
     assert any("ymm" in regs[s] for s in per_ns["avx2"])
 
 

@@ -23,6 +23,7 @@ void bind_runtime(py::module_& m) {
     d["version"] = SEQCORE_VERSION;
     d["isa"] = kernels().isa;
     d["available_isas"] = available_isas();
+    d["built_isas"] = built_isas();
     d["num_threads"] = get_num_threads();
     d["openmp"] = std::to_string(_OPENMP);
     d["compiler"] = SEQCORE_COMPILER;

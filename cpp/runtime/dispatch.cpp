@@ -11,7 +11,9 @@
 namespace seqcore {
 namespace scalar { void fill_table(Kernels&); }
 namespace avx2 { void fill_table(Kernels&); }
+#if SEQCORE_BUILT_AVX512
 namespace avx512 { void fill_table(Kernels&); }
+#endif
 
 namespace {
 Kernels g_table{};
@@ -31,6 +33,14 @@ bool os_saves(unsigned long long mask) {
 }
 }  // namespace
 
+std::vector<std::string> built_isas() {
+#if SEQCORE_BUILT_AVX512
+  return {"scalar", "avx2", "avx512"};
+#else
+  return {"scalar", "avx2"};
+#endif
+}
+
 std::vector<std::string> available_isas() {
   __builtin_cpu_init();
   std::vector<std::string> out{"scalar"};
@@ -38,7 +48,11 @@ std::vector<std::string> available_isas() {
   if (avx2) out.push_back("avx2");
   bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && os_saves(0xE6);
+#if SEQCORE_BUILT_AVX512
   if (avx512) out.push_back("avx512");
+#else
+  (void)avx512;  // this build has no AVX-512 kernels (SEQCORE_ISAS)
+#endif
   return out;
 }
 
@@ -54,12 +68,20 @@ void init_dispatch(const char* forced) {
     if (!ok) {
       std::string list;
       for (auto& h : have) list += (list.empty() ? "" : ", ") + h;
+#if !SEQCORE_BUILT_AVX512
+      if (want == "avx512")
+        throw std::runtime_error("SEQCORE_ISA='avx512': this build of seqcore has no AVX-512 kernels (available: " +
+                                 list + ")");
+#endif
       throw std::runtime_error("SEQCORE_ISA='" + want + "' is not supported by this CPU (available: " + list + ")");
     }
     pick = want;
   }
+#if SEQCORE_BUILT_AVX512
   if (pick == "avx512") avx512::fill_table(g_table);
-  else if (pick == "avx2") avx2::fill_table(g_table);
+  else
+#endif
+  if (pick == "avx2") avx2::fill_table(g_table);
   else scalar::fill_table(g_table);
 }
 

@@ -10,8 +10,9 @@ __version__ = _core.info()["version"]
 
 
 def info():
-    """Build and runtime facts: ``version``, ``isa`` (the kernels in use), ``available_isas``,
-    ``num_threads``, ``openmp``, ``compiler``, ``build_type``."""
+    """Build and runtime facts: ``version``, ``isa`` (the kernels in use), ``available_isas``
+    (what this CPU can run of ``built_isas``, the ISAs compiled in), ``num_threads``, ``openmp``,
+    ``compiler``, ``build_type``."""
     return dict(_core.info())
 
 
