@@ -70,8 +70,8 @@ void init_dispatch(const char* forced) {
       for (auto& h : have) list += (list.empty() ? "" : ", ") + h;
 #if !SEQCORE_BUILT_AVX512
       if (want == "avx512")
-        throw std::runtime_error("SEQCORE_ISA='avx512': this build of seqcore has no AVX-512 kernels (available: " +
-                                 list + ")");
+        throw std::runtime_error("SEQCORE_ISA='avx512' is not supported by this build of seqcore (no AVX-512 "
+                                 "kernels were compiled; available: " + list + ")");
 #endif
       throw std::runtime_error("SEQCORE_ISA='" + want + "' is not supported by this CPU (available: " + list + ")");
     }
