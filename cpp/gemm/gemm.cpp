@@ -186,7 +186,7 @@ struct Panels {
 };
 
 // ---------------------------------------------------------------- epilogue
-// Bias and activation of one finished tile (tile_fn runs per span: see Spans).
+// Bias and activation of one finished tile (tile_fn runs per span: see span_cols).
 template <class T>
 void tile_bias_act(const Epilogue<T>& ep, T* c, int64_t ldc, int64_t j0, int64_t mb, int64_t nb) {
   using V = Vec<T>;

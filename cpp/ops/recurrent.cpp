@@ -649,7 +649,7 @@ void recurrent_pack(Cell cell, int64_t I, int64_t H, const T* w_ih, const T* w_h
   block_biases(L, cell, b_ih, b_hh, bx, bh);
 }
 
-// One streaming step. Threads take contiguous ranges of gate-column blocks (NR columns = every
+// One streaming step. Threads take contiguous ranges of gate-column blocks (NB columns = every
 // gate of U hidden units), so one fork-join per step. Up to gemv_max_rows rows, each block is
 // finished on its own: zx = x W_ih^T + b, then h W_hh^T is added (GRU: its own buffer) and the
 // cell update runs on the block. backwards: the blocks go in descending order. Calls that
