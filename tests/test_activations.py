@@ -447,6 +447,38 @@ def test_float32_simd_math_accuracy(name):
     _check_relative_accuracy(name, SWEEP, got, _truth(name, SWEEP), np.float32)
 
 
+def test_gelu_float32_accuracy_on_its_table_range():
+    """AVX-512 evaluates gelu through a polynomial of |x| per interval of 14/32 on [0, 14):
+    every float32 near each interval edge (where the interval index flips), both signs, and
+    a dense grid over the range."""
+    edges = np.float32(0.4375) * np.arange(33, dtype=np.float32)
+    near = [edges]
+    for direction in (np.float32(np.inf), np.float32(-np.inf)):
+        x = edges
+        for _ in range(64):
+            x = np.nextafter(x, direction)
+            near.append(x)
+    x = np.concatenate(near + [np.linspace(0, 14.5, 2_000_001, dtype=np.float32)])
+    x = np.unique(np.concatenate([x, -x]))
+    _check_relative_accuracy("gelu", x, F.gelu(x), _truth("gelu", x), np.float32)
+
+
+def test_gelu_lane_does_not_depend_on_its_neighbours():
+    """Each lane's result depends on its value alone: the same value gives the same bits next
+    to very negative inputs or NaN, and at any offset in the vector."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(4099).astype(np.float32) * 2
+    want = F.gelu(x)
+    for k in (1, 3, 16, 17):
+        y = x.copy()
+        y[::k] = np.float32(-30.0) if k != 3 else np.float32(np.nan)
+        keep = np.ones(x.size, bool)
+        keep[::k] = False
+        np.testing.assert_array_equal(F.gelu(y)[keep], want[keep])
+        for off in (1, 5):  # other alignments of the same values
+            np.testing.assert_array_equal(F.gelu(y[off:])[keep[off:]], want[off:][keep[off:]])
+
+
 @pytest.mark.parametrize("name", ["gelu_tanh", "silu"])
 def test_float32_accuracy_of_other_activations(name):
     """The same criterion for the remaining transcendental activations."""
