@@ -447,20 +447,26 @@ def test_float32_simd_math_accuracy(name):
     _check_relative_accuracy(name, SWEEP, got, _truth(name, SWEEP), np.float32)
 
 
-def test_gelu_float32_accuracy_on_its_table_range():
-    """AVX-512 evaluates gelu through a polynomial of |x| per interval of 14/32 on [0, 14):
-    every float32 near each interval edge (where the interval index flips), both signs, and
-    a dense grid over the range."""
-    edges = np.float32(0.4375) * np.arange(33, dtype=np.float32)
+# AVX-512 evaluates these through a polynomial of |x| per interval of a table (one of 32
+# equal intervals of [0, end)): name -> end.
+TABLE_RANGES = {"gelu": 14.0, "tanh": 9.125}
+
+
+@pytest.mark.parametrize("name", sorted(TABLE_RANGES))
+def test_float32_accuracy_on_table_ranges(name):
+    """Every float32 near each interval edge (where the interval index flips), both signs,
+    and a dense grid over the range and a little past its end."""
+    end = TABLE_RANGES[name]
+    edges = np.float32(end / 32) * np.arange(33, dtype=np.float32)
     near = [edges]
     for direction in (np.float32(np.inf), np.float32(-np.inf)):
         x = edges
         for _ in range(64):
             x = np.nextafter(x, direction)
             near.append(x)
-    x = np.concatenate(near + [np.linspace(0, 14.5, 2_000_001, dtype=np.float32)])
+    x = np.concatenate(near + [np.linspace(0, end + 0.5, 2_000_001, dtype=np.float32)])
     x = np.unique(np.concatenate([x, -x]))
-    _check_relative_accuracy("gelu", x, F.gelu(x), _truth("gelu", x), np.float32)
+    _check_relative_accuracy(name, x, SIMD_FUNCS[name](x), _truth(name, x), np.float32)
 
 
 def test_gelu_lane_does_not_depend_on_its_neighbours():

@@ -6,7 +6,7 @@
 #pragma once
 #include "simd/vec.h"
 #if defined(__AVX512F__)
-#include "simd/gelu_table.h"
+#include "simd/vmath_tables.h"
 #endif
 
 namespace seqcore {
@@ -21,6 +21,28 @@ inline typename V::R per_lane(typename V::R x, F f) {
   for (int i = 0; i < V::W; ++i) buf[i] = f(buf[i]);
   return V::load(buf);
 }
+
+#if defined(__AVX512F__)
+// The piecewise polynomial of a generated table (vmath_tables.h, tools/gen_vmath_tables.py)
+// at a in [Tab::kLo, Tab::kHi): interval j = floor((a - lo) / step) clamped to [0, 31] (a at
+// lo may round to just below it; a lane outside the range or NaN gets the end interval's
+// value, for the caller to replace), Horner in u = a - c_j.
+// Each coefficient comes from the table's two registers by one 32-entry permute (vpermt2ps).
+template <class Tab>
+inline Vec<float>::R lut_poly(const float (&c)[Tab::kDeg + 1][32], Vec<float>::R a) {
+  using V = Vec<float>;
+  const V::R t = V::fma(a, V::set1(1.0f / Tab::kStep), V::set1(-Tab::kLo / Tab::kStep));
+  const V::R jf = _mm512_roundscale_ps(V::min(V::max(t, V::zero()), V::set1(31.0f)),
+                                       _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512i j = _mm512_cvttps_epi32(jf);
+  const V::R u = V::sub(a, V::fma(jf, V::set1(Tab::kStep), V::set1(Tab::kLo + 0.5f * Tab::kStep)));
+  V::R p = _mm512_permutex2var_ps(V::load(c[Tab::kDeg]), j, V::load(c[Tab::kDeg] + 16));
+#pragma GCC unroll 8
+  for (int d = Tab::kDeg - 1; d >= 0; --d)
+    p = V::fma(p, u, _mm512_permutex2var_ps(V::load(c[d]), j, V::load(c[d] + 16)));
+  return p;
+}
+#endif
 
 // exp(x) = p * 2^n: n = round(x / ln2), r = x - n ln2 (two-constant Cody-Waite), e^r by a
 // degree-7 polynomial (Cephes expf) p. The scaling by 2^n (Vec::scale2) rounds once, so
@@ -77,9 +99,18 @@ inline Vec<double>::R exp(Vec<double>::R x) {
 // |x| is clamped to 10 first: tanh rounds to exactly 1 from 9.02 on, and e = e^{-20} or more
 // stays a normal float, so its scaling by 2^n is one exact multiply (no clamping, NaN or
 // subnormal handling inside the exponential: a quarter of the work on Zen 3).
+// AVX-512: tanh(x) = x T(|x|) with T(a) = tanh(a) / a, a degree-5 polynomial on each of 32
+// intervals of [0, 9.125) (lut_poly, relative error < 1e-7, exact in relative terms down to
+// the tiniest x), and +-1 from 9.125 on (tanh rounds to 1 from 9.02): ~8 multiply-class
+// operations and 6 permutes per vector instead of ~25 operations with the small-|x|
+// polynomial, the exponential and the reciprocal.
 inline Vec<float>::R tanh(Vec<float>::R x) {
   using V = Vec<float>;
   V::R a = V::abs(x);
+#if defined(__AVX512F__)
+  const V::R one = V::copysign(V::set1(1.0f), x);
+  return V::select(V::le(V::set1(TanhRatioTable::kHi), a), one, V::mul(x, lut_poly<TanhRatioTable>(kTanhRatio, a)));
+#else
   V::R z = V::mul(x, x);
   V::R p = V::set1(-5.70498872745E-3f);
   p = V::fma(p, z, V::set1(2.06390887954E-2f));
@@ -90,9 +121,9 @@ inline Vec<float>::R tanh(Vec<float>::R x) {
   const ExpParts ep = exp_parts_near(V::mul(V::min(a, V::set1(10.0f)), V::set1(-2.0f)));  // NaN: min gives 10
   V::R e = V::mul(ep.p, V::pow2i(ep.n));  // n in [-29, 0]
   V::R big = V::fnma(V::add(e, e), V::rcp(V::add(e, V::set1(1.0f))), V::set1(1.0f));
-  big = V::copysign(big, x);
-  V::R y = V::select(V::lt(a, V::set1(0.625f)), small, big);
+  V::R y = V::select(V::lt(a, V::set1(0.625f)), small, V::copysign(big, x));
   return V::select(V::isnan(x), x, y);
+#endif
 }
 inline Vec<double>::R tanh(Vec<double>::R x) {
   return per_lane<Vec<double>>(x, [](double v) { return std::tanh(v); });
@@ -236,8 +267,7 @@ inline Vec<float>::R gelu_exact(Vec<float>::R x) {
 
 // gelu(x) = x Phi(x). AVX-512: with a = |x| and q = Phi(-a) = R(a) e^{-a^2/2}, where
 // R(a) = erfcx(a/sqrt2)/2 is smooth and slowly varying, R comes from a degree-5 polynomial
-// on each of 32 intervals of [0, 14) (gelu_table.h, relative error ~1e-7) whose coefficients
-// one 32-entry permute (vpermt2ps) per degree picks from registers, and e^{-a^2/2} from the
+// on each of 32 intervals of [0, 14) (lut_poly, relative error ~1e-7), and e^{-a^2/2} from the
 // vector exp, with a^2 = hi + lo exact and e^{-lo/2} = 1 - lo/2 folded into the factor. That
 // is ~27 multiply-class operations against gelu_exact's ~37 (its erfc's reciprocal, degree-9
 // polynomial and error terms go), which is what bounds gelu on 512-bit units. As in
@@ -246,28 +276,15 @@ inline Vec<float>::R gelu_exact(Vec<float>::R x) {
 inline Vec<float>::R gelu(Vec<float>::R x) {
 #if defined(__AVX512F__)
   using V = Vec<float>;
-  const V::R a = V::min(V::abs(x), V::set1(kGeluEnd));  // NaN -> 14 (replaced at the end)
+  const V::R a = V::min(V::abs(x), V::set1(GeluRTable::kHi));  // NaN -> 14 (replaced at the end)
   const V::R hi = V::mul(a, a), lo = V::fms(a, a, hi);
   const ExpParts ep = exp_parts_near(V::mul(hi, V::set1(-0.5f)));  // exponent in [-98, 0]
-  const V::R jf = _mm512_roundscale_ps(V::min(V::mul(a, V::set1(1.0f / kGeluStep)), V::set1(31.0f)),
-                                       _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512i j = _mm512_cvttps_epi32(jf);
-  const V::R u = V::sub(a, V::fma(jf, V::set1(kGeluStep), V::set1(0.5f * kGeluStep)));
-  auto coef = [&](int d) __attribute__((always_inline)) {
-    return _mm512_permutex2var_ps(V::load(kGeluR[d]), j, V::load(kGeluR[d] + 16));
-  };
-  static_assert(kGeluDeg == 5, "Horner below is written for degree 5");
-  V::R r = coef(5);
-  r = V::fma(r, u, coef(4));
-  r = V::fma(r, u, coef(3));
-  r = V::fma(r, u, coef(2));
-  r = V::fma(r, u, coef(1));
-  r = V::fma(r, u, coef(0));
+  V::R r = lut_poly<GeluRTable>(kGeluR, a);
   r = V::fnma(V::mul(lo, V::set1(0.5f)), r, r);  // R e^{-lo/2}
   const V::M neg = V::lt(x, V::zero());
   const V::R q = exp_scale(ep, V::select(neg, V::mul(r, x), r));  // x q (x < 0) or q
   const V::R y = V::select(neg, q, V::mul(x, V::sub(V::set1(1.0f), q)));
-  return V::select(V::nge(x, V::set1(-kGeluEnd)), V::mul(x, V::zero()), y);
+  return V::select(V::nge(x, V::set1(-GeluRTable::kHi)), V::mul(x, V::zero()), y);
 #else
   return gelu_exact(x);
 #endif
