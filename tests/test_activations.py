@@ -449,7 +449,7 @@ def test_float32_simd_math_accuracy(name):
 
 # AVX-512 evaluates these through a polynomial of |x| per interval of a table (one of 32
 # equal intervals of [0, end)): name -> end.
-TABLE_RANGES = {"gelu": 14.0, "tanh": 9.125}
+TABLE_RANGES = {"gelu": 14.0, "tanh": 9.125, "sigmoid": 16.0, "silu": 16.0}
 
 
 @pytest.mark.parametrize("name", sorted(TABLE_RANGES))
@@ -469,20 +469,23 @@ def test_float32_accuracy_on_table_ranges(name):
     _check_relative_accuracy(name, x, SIMD_FUNCS[name](x), _truth(name, x), np.float32)
 
 
-def test_gelu_lane_does_not_depend_on_its_neighbours():
+@pytest.mark.parametrize("name", ["gelu", "sigmoid", "silu"])
+def test_lane_does_not_depend_on_its_neighbours(name):
     """Each lane's result depends on its value alone: the same value gives the same bits next
-    to very negative inputs or NaN, and at any offset in the vector."""
+    to inputs outside a table's range (sigmoid: |x| >= 16, which also take the exponential
+    path) or NaN, and at any offset in the vector."""
+    f = SIMD_FUNCS[name]
     rng = np.random.default_rng(7)
-    x = rng.standard_normal(4099).astype(np.float32) * 2
-    want = F.gelu(x)
-    for k in (1, 3, 16, 17):
+    x = rng.standard_normal(4099).astype(np.float32) * 4
+    want = f(x)
+    for k, far in ((1, -30.0), (3, np.nan), (16, 40.0), (17, -100.0)):
         y = x.copy()
-        y[::k] = np.float32(-30.0) if k != 3 else np.float32(np.nan)
+        y[::k] = np.float32(far)
         keep = np.ones(x.size, bool)
         keep[::k] = False
-        np.testing.assert_array_equal(F.gelu(y)[keep], want[keep])
+        np.testing.assert_array_equal(f(y)[keep], want[keep])
         for off in (1, 5):  # other alignments of the same values
-            np.testing.assert_array_equal(F.gelu(y[off:])[keep[off:]], want[off:][keep[off:]])
+            np.testing.assert_array_equal(f(y[off:])[keep[off:]], want[off:][keep[off:]])
 
 
 @pytest.mark.parametrize("name", ["gelu_tanh", "silu"])

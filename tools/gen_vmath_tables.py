@@ -10,6 +10,8 @@ exceeds its bound.
 
 - gelu: R(a) = Phi(-a) exp(a^2/2) = erfcx(a / sqrt 2) / 2 on [0, 14), degree 5. R is smooth
   and slowly varying; the kernel multiplies it by exp(-a^2/2) from the vector exp.
+- sigmoid: S(a) = sigmoid(-a) = 1 / (1 + e^a) on [0, 16), degree 5; the kernel returns S(|x|)
+  for x < 0 and 1 - S(|x|) otherwise, and takes its exponential path for the lanes past 16.
 - tanh: T(a) = tanh(a) / a on [0, 9.125), degree 5; the kernel returns x T(|x|) (exact in
   relative terms down to the tiniest x), and +-1 from 9.125 on (tanh rounds to 1 from 9.02).
 
@@ -97,6 +99,8 @@ def main():
     out += table("GeluR", lambda a: 0.5 * erfcx(np.asarray(a, np.float64) / math.sqrt(2.0)), 0.0, 14.0, 5,
                  "gelu: R(a) = Phi(-a) exp(a^2/2) = erfcx(a/sqrt2)/2")
     out += table("TanhRatio", tanh_ratio, 0.0, 9.125, 5, "tanh: T(a) = tanh(a) / a (T(0) = 1)")
+    out += table("SigmoidNeg", lambda a: 1.0 / (1.0 + np.exp(np.asarray(a, np.float64))), 0.0, 16.0, 5,
+                 "sigmoid: S(a) = sigmoid(-a) = 1 / (1 + e^a)")
     out += ["}  // namespace vm", "}  // namespace SEQCORE_ISA", "}  // namespace seqcore"]
     print("\n".join(out))
 
