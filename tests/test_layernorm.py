@@ -127,13 +127,14 @@ def test_layer_norm_bitwise_across_threads(rng):
     assert_thread_invariant(run)
 
 
-@pytest.mark.parametrize("F_", (1024, 1000))
-def test_layer_norm_large_streams_dx(F_, rng):
+@pytest.mark.parametrize("F_, dtype", [(1024, np.float32), (1000, np.float32), (512, np.float64)])
+def test_layer_norm_large_streams_dx(F_, dtype, rng):
     """Past 16 MiB, forward writes y and backward dx with non-temporal stores from each row's first
-    vector boundary on (rows off the boundary when F_ = 1000: masked head and tail): same values as
-    the twin, same bits for 1 and 2 threads and as the normal-store path (a few rows at a time)."""
-    x, w, b = _case(rng, (4300, F_), F_, np.float32)
-    dy = rng.standard_normal(x.shape).astype(np.float32)
+    vector boundary on (rows off the boundary when F_ = 1000: masked head and tail; rows on the
+    64-byte grid: the forward reads row i + 1 while it writes row i): same values as the twin,
+    same bits for 1 and 2 threads and as the normal-store path (a few rows at a time)."""
+    x, w, b = _case(rng, (4300, F_), F_, dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
     assert x.nbytes >= 16 << 20
 
     def run():
@@ -146,9 +147,9 @@ def test_layer_norm_large_streams_dx(F_, rng):
         np.testing.assert_array_equal(got[0][rows], y)
         np.testing.assert_array_equal(got[1][rows], F.layer_norm_backward(ctx, dy[rows])[0])
     ry, rctx = R.layer_norm(as64(x), F_, as64(w), as64(b))
-    close(got[0], ry, np.float32, "y")
+    close(got[0], ry, dtype, "y")
     for name, g, e in zip(("dx", "dweight", "dbias"), got[1:], R.layer_norm_backward(rctx, as64(dy))):
-        close(g, e, np.float32, name)
+        close(g, e, dtype, name)
 
 
 def test_layer_norm_bad_input(rng):

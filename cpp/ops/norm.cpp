@@ -59,13 +59,20 @@ void layer_norm_forward(const T* x, const T* w, const T* b, int64_t M, int64_t F
   using V = Vec<T>;
   constexpr int W = V::W;
   const bool stream = double(M) * double(F) * sizeof(T) >= double(kStreamBytes);
+  // Streaming rows on the 64-byte grid (the usual large case: F a multiple of 64 bytes and
+  // y from the output pool): the write of row i and the read of row i + 1 (its sum, as
+  // row_sum forms it: the same bits) share one loop, so loads and non-temporal stores go
+  // to memory together instead of in alternating bursts of a row each.
+  const bool fused = stream && (F * int64_t(sizeof(T))) % 64 == 0 && reinterpret_cast<uintptr_t>(y) % 64 == 0;
 #pragma omp parallel num_threads(pool_threads(M * F))
   {
-#pragma omp for schedule(static) nowait
-    for (int64_t i = 0; i < M; ++i) {
+    const int nt = omp_get_num_threads(), me = omp_get_thread_num();
+    const int64_t r0 = M * me / nt, r1 = M * (me + 1) / nt;  // this thread's rows
+    T next_sum = T(0);
+    for (int64_t i = r0; i < r1; ++i) {
       const T* xr = x + i * F;
       T* yr = y + i * F;
-      const T mu = row_sum(xr, F, i + kAhead < M ? xr + kAhead * F : nullptr) / T(F);
+      const T mu = (fused && i > r0 ? next_sum : row_sum(xr, F, i + kAhead < M ? xr + kAhead * F : nullptr)) / T(F);
       const auto vmu = V::set1(mu);
       auto q0 = V::zero(), q1 = V::zero();
       int64_t j = 0;
@@ -95,8 +102,28 @@ void layer_norm_forward(const T* x, const T* w, const T* b, int64_t M, int64_t F
         if (b) return V::add(xh, V::load_n(b + j, cnt));
         return xh;
       };
-      if (stream) store_row<V, true>(yr, F, val);
-      else store_row<V, false>(yr, F, val);
+      if (fused) {
+        const T* xn = i + 1 < r1 ? xr + F : nullptr;  // the next row of this thread, if any
+        auto s0 = V::zero(), s1 = V::zero();
+        int64_t j = 0;
+        for (; j + 2 * W <= F; j += 2 * W) {
+          V::stream(yr + j, val(j, W));
+          V::stream(yr + j + W, val(j + W, W));
+          if (xn) {
+            s0 = V::add(s0, V::load(xn + j));
+            s1 = V::add(s1, V::load(xn + j + W));
+          }
+        }
+        for (; j < F; j += W) {
+          V::stream(yr + j, val(j, W));
+          if (xn) s0 = V::add(s0, V::load(xn + j));
+        }
+        if (xn) next_sum = V::reduce_add(V::add(s0, s1));
+      } else if (stream) {
+        store_row<V, true>(yr, F, val);
+      } else {
+        store_row<V, false>(yr, F, val);
+      }
     }
     if (stream) stream_fence();
   }
