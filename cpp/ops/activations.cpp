@@ -137,10 +137,7 @@ void unary_backward(Unary op, T param, const T* dy, const T* saved, T* dx, int64
         return V::mul(V::mul(g, s), V::fma(x, V::sub(one, s), one));
       });
     case Unary::gelu:  // dx = dy (Phi(x) + x phi(x)), phi(x) = exp(-x^2/2) / sqrt(2 pi)
-      return map2<V>(dy, saved, dx, n, [](R g, R x) {
-        R phi = V::mul(V::set1(T(0.39894228040143267794)), vm::exp(V::mul(V::set1(T(-0.5)), V::mul(x, x))));
-        return V::mul(g, V::fma(x, phi, vm::normal_cdf(x)));
-      });
+      return map2<V>(dy, saved, dx, n, [](R g, R x) { return V::mul(g, vm::gelu_grad(x)); });
     case Unary::gelu_tanh:  // y = x s(2u), u = k (x + c x^3): dy/dx = s + 2 k x s (1 - s)(1 + 3 c x^2)
       return map2<V>(dy, saved, dx, n, [one](R g, R x) {
         const R k = V::set1(T(0.79788456080286535588)), c = V::set1(T(0.044715));
