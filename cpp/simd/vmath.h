@@ -307,7 +307,14 @@ inline Vec<float>::R gelu(Vec<float>::R x) {
 }
 inline Vec<double>::R gelu(Vec<double>::R x) { return Vec<double>::mul(x, normal_cdf(x)); }
 
-// d gelu / dx = Phi(x) + x phi(x), phi(x) = e^{-x^2/2} / sqrt(2 pi). AVX-512: Phi(-|x|) as in
+// d gelu / dx = Phi(x) + x phi(x), phi(x) = e^{-x^2/2} / sqrt(2 pi), from normal_cdf and exp
+// (float64, and float32 on ISAs without the tables).
+template <class V> inline typename V::R gelu_grad_generic(typename V::R x) {
+  using T = typename V::T;
+  const typename V::R phi = V::mul(V::set1(T(0.39894228040143267794)), exp(V::mul(V::set1(T(-0.5)), V::mul(x, x))));
+  return V::fma(x, phi, normal_cdf(x));
+}
+// The same for float32. AVX-512: Phi(-|x|) as in
 // gelu (R from the table times e^{-x^2/2}), and phi from the same exponential: ~29
 // multiply-class operations instead of an erfc-based Phi and a second exponential (~50).
 // x < -14 (|result| < 1e-42), NaN and -inf give x * 0.
@@ -323,15 +330,10 @@ inline Vec<float>::R gelu_grad(Vec<float>::R x) {
   const V::R cdf = V::select(V::lt(x, V::zero()), q, V::sub(V::set1(1.0f), q));
   return V::select(V::nge(x, V::set1(-GeluRTable::kHi)), V::mul(x, V::zero()), V::fma(x, phi, cdf));
 #else
-  const V::R phi = V::mul(V::set1(0.39894228040143267794f), exp(V::mul(V::set1(-0.5f), V::mul(x, x))));
-  return V::fma(x, phi, normal_cdf(x));
+  return gelu_grad_generic<V>(x);
 #endif
 }
-inline Vec<double>::R gelu_grad(Vec<double>::R x) {
-  using V = Vec<double>;
-  const V::R phi = V::mul(V::set1(0.39894228040143267794), exp(V::mul(V::set1(-0.5), V::mul(x, x))));
-  return V::fma(x, phi, normal_cdf(x));
-}
+inline Vec<double>::R gelu_grad(Vec<double>::R x) { return gelu_grad_generic<Vec<double>>(x); }
 
 // gelu, tanh form: x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3). 2u reaches -90 where
 // the result is still a normal float, so it is carried as a float pair (FMA error-free

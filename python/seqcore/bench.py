@@ -26,12 +26,13 @@ How things are measured
   ``t`` threads, ``t`` Python threads copy separate slices at once -- NumPy releases the
   GIL in the copy -- and the bytes are summed). For bandwidth the **maximum** over the
   probes is used (the median is stored too). For the FMA peak, a case compared with it
-  also runs the FMA probe (best of three short runs) as one more member of its rounds, so that probe samples
-  interleave with the kernel's samples and see the same host: ``% peak`` is the kernel's
-  median rate over the median of those paired probe samples (host contention on this VM
-  moves both by up to 20%, and comparing a median kernel sample with the best probe of the
-  whole run would charge the kernel for the host's slow moments). The fraction of the
-  run's maximum probe is reported beside it (``frac_peak_of_max``), as the stricter figure.
+  also runs the FMA probe (best of three short runs) as one more member of its rounds, so
+  that probe samples interleave with the kernel's samples and see the same host:
+  ``% peak`` is the kernel's median rate over the median of those paired probe samples
+  (host contention on this VM moves both by up to 20%, and comparing a median kernel
+  sample with the best probe of the whole run would charge the kernel for the host's slow
+  moments). The fraction of the run's maximum probe is reported beside it
+  (``frac_peak_of_max``), as the stricter figure.
   The FP64 peak is taken as half the FP32 one (half the lanes per FMA).
 * With more than one thread, every sample (and probe) is preceded by a 0.15 s pause and,
   for short calls, one untimed call: idle thread pools spin after a call (OpenBLAS ~0.1 s)
